@@ -1,0 +1,312 @@
+"""The op API: stateless NCHW ops, each forward with its backward beside it.
+
+Names and argument meanings follow ``torch.nn.functional``. Every function
+checks its inputs once (``gpucnn.shapes``), then dispatches to the current
+backend (``gpucnn.use_backend``). Arrays are float32; float64 is accepted for
+gradient checks; all floating arrays of one call share a dtype (nothing is cast).
+Arrays stay in the backend's own type: NumPy arrays on 'numpy', device arrays
+on the GPU backends (move them with ``asarray`` / ``to_numpy``).
+"""
+from __future__ import annotations
+
+import numbers
+
+from . import shapes
+from .backend import dispatch
+
+__all__ = [
+    "conv2d", "conv2d_relu", "conv2d_backward",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+    "relu", "relu_backward", "upsample_nearest2d", "upsample_nearest2d_backward",
+    "linear", "linear_backward", "softmax", "log_softmax", "softmax_backward",
+    "softmax_cross_entropy", "dropout", "dropout_backward", "batch_norm", "batch_norm_backward",
+    "add", "concat", "concat_backward", "sgd_step", "adam_step",
+    "asarray", "to_numpy", "zeros_like",
+]
+
+
+# --------------------------------------------------------------------------- convolution
+
+def conv2d(x, w, b=None, stride=1, padding=0):
+    """Cross-correlation of x (N,C,H,W) with w (K,C,R,S), plus bias b (K,).
+
+    stride: int or pair; padding: int, pair, 'valid' or 'same' (stride 1 only).
+    Output (N, K, floor((H+2p-R)/s)+1, floor((W+2p-S)/s)+1).
+    """
+    stride_hw, pads, out_shape = shapes.check_conv2d(x, w, b, stride, padding)
+    return dispatch("conv2d", x, w, b, stride_hw, pads, out_shape)
+
+
+def conv2d_relu(x, w, b=None, stride=1, padding=0):
+    """relu(conv2d(x, w, b, stride, padding)) in one op (the fused epilogue of the GPU backends)."""
+    stride_hw, pads, out_shape = shapes.check_conv2d(x, w, b, stride, padding)
+    return dispatch("conv2d_relu", x, w, b, stride_hw, pads, out_shape)
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0):
+    """Gradients of conv2d: (dx, dw, db) for the upstream gradient dy (N,K,P,Q)."""
+    stride_hw, pads, out_shape = shapes.check_conv2d(x, w, None, stride, padding)
+    shapes.check_grad_output(dy, "dy", out_shape, x)
+    return dispatch("conv2d_backward", dy, x, w, stride_hw, pads)
+
+
+# --------------------------------------------------------------------------- pooling
+
+def max_pool2d(x, kernel_size, stride=None, return_indices=False):
+    """Max over each kernel_size window (stride defaults to kernel_size, no padding, floor).
+
+    With return_indices=True also returns, per output, the flat index h*W+w of
+    the first maximum of its window in the input plane (as PyTorch does).
+    """
+    kernel_hw, stride_hw, out_shape = shapes.check_pool2d(x, kernel_size, stride)
+    y, idx = dispatch("max_pool2d", x, kernel_hw, stride_hw, out_shape)
+    return (y, idx) if return_indices else y
+
+
+def max_pool2d_backward(dy, x, kernel_size, stride=None, indices=None):
+    """dx: each dy element goes to the first maximum of its window (PyTorch's rule).
+
+    Pass the indices from ``max_pool2d(..., return_indices=True)`` to skip the search.
+    """
+    kernel_hw, stride_hw, out_shape = shapes.check_pool2d(x, kernel_size, stride)
+    shapes.check_grad_output(dy, "dy", out_shape, x)
+    if indices is not None:
+        shapes.check_shape(indices, "indices", out_shape)
+    return dispatch("max_pool2d_backward", dy, x, kernel_hw, stride_hw, indices)
+
+
+def avg_pool2d(x, kernel_size, stride=None):
+    """Mean over each kernel_size window (stride defaults to kernel_size, no padding, floor)."""
+    kernel_hw, stride_hw, out_shape = shapes.check_pool2d(x, kernel_size, stride)
+    return dispatch("avg_pool2d", x, kernel_hw, stride_hw, out_shape)
+
+
+def avg_pool2d_backward(dy, x, kernel_size, stride=None):
+    kernel_hw, stride_hw, out_shape = shapes.check_pool2d(x, kernel_size, stride)
+    shapes.check_grad_output(dy, "dy", out_shape, x)
+    return dispatch("avg_pool2d_backward", dy, x, kernel_hw, stride_hw)
+
+
+# --------------------------------------------------------------------------- elementwise
+
+def relu(x):
+    """max(0, x)."""
+    shapes.check_array(x, "x")
+    return dispatch("relu", x)
+
+
+def relu_backward(dy, x):
+    """dy where x > 0, else 0 (x may also be relu's output: the mask is the same)."""
+    shapes.check_array(x, "x")
+    shapes.check_grad_output(dy, "dy", tuple(x.shape), x)
+    return dispatch("relu_backward", dy, x)
+
+
+def _scale(scale) -> tuple[int, int]:
+    return shapes.positive_pair(scale, "scale")
+
+
+def upsample_nearest2d(x, scale):
+    """Nearest-neighbour upsampling by an integer factor (int or pair): each value repeated."""
+    shapes.check_array(x, "x", 4)
+    return dispatch("upsample_nearest2d", x, _scale(scale))
+
+
+def upsample_nearest2d_backward(dy, scale):
+    """Sum of dy over each replicated block."""
+    shapes.check_array(dy, "dy", 4)
+    sh, sw = _scale(scale)
+    if dy.shape[2] % sh or dy.shape[3] % sw:
+        raise ValueError(f"dy spatial shape {tuple(dy.shape[2:])} is not a multiple of scale {(sh, sw)}")
+    return dispatch("upsample_nearest2d_backward", dy, (sh, sw))
+
+
+def add(a, b):
+    """a + b for two arrays of one shape (the Add layer)."""
+    shapes.check_array(a, "a")
+    shapes.check_array(b, "b")
+    shapes.check_same_dtype(a=a, b=b)
+    shapes.check_shape(b, "b", tuple(a.shape))
+    return dispatch("add", a, b)
+
+
+def concat(xs):
+    """Concatenate NCHW arrays along channels (the Concatenate layer)."""
+    if not xs:
+        raise ValueError("concat needs at least one array")
+    for i, x in enumerate(xs):
+        shapes.check_array(x, f"xs[{i}]", 4)
+        shapes.check_same_dtype(first=xs[0], **{f"xs[{i}]": x})
+        if (x.shape[0],) + tuple(x.shape[2:]) != (xs[0].shape[0],) + tuple(xs[0].shape[2:]):
+            raise ValueError(
+                f"concat needs equal N, H, W; xs[0] has shape {tuple(xs[0].shape)}, xs[{i}] has {tuple(x.shape)}"
+            )
+    return dispatch("concat", list(xs))
+
+
+def concat_backward(dy, channels):
+    """Split dy along channels into pieces of the given channel counts."""
+    shapes.check_array(dy, "dy", 4)
+    if sum(channels) != dy.shape[1]:
+        raise ValueError(f"channel counts {list(channels)} do not add up to dy's {dy.shape[1]} channels")
+    return dispatch("concat_backward", dy, list(channels))
+
+
+# --------------------------------------------------------------------------- dense
+
+def linear(x, w, b=None):
+    """x @ w.T + b for x (N, in), w (out, in), b (out,)."""
+    out_shape = shapes.check_linear(x, w, b)
+    return dispatch("linear", x, w, b, out_shape)
+
+
+def linear_backward(dy, x, w):
+    """(dx, dw, db) of linear for the upstream gradient dy (N, out)."""
+    out_shape = shapes.check_linear(x, w, None)
+    shapes.check_grad_output(dy, "dy", out_shape, x)
+    return dispatch("linear_backward", dy, x, w)
+
+
+# --------------------------------------------------------------------------- softmax and loss
+
+def _dim(x, dim):
+    if not isinstance(dim, numbers.Integral) or not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"dim must be an int in [{-x.ndim}, {x.ndim}), got {dim!r}")
+    return int(dim) % x.ndim
+
+
+def softmax(x, dim=1):
+    """exp(x) / sum(exp(x)) along dim, computed stably (max subtracted)."""
+    shapes.check_array(x, "x")
+    return dispatch("softmax", x, _dim(x, dim))
+
+
+def log_softmax(x, dim=1):
+    shapes.check_array(x, "x")
+    return dispatch("log_softmax", x, _dim(x, dim))
+
+
+def softmax_backward(dy, y, dim=1):
+    """Gradient through softmax given its output y: y * (dy - sum(dy * y))."""
+    shapes.check_array(y, "y")
+    shapes.check_grad_output(dy, "dy", tuple(y.shape), y)
+    return dispatch("softmax_backward", dy, y, _dim(y, dim))
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
+
+    logits (N, classes); labels (N,) integer class indices. Returns
+    (loss, dlogits): loss a 0-d array of the logits' dtype, stable for large
+    logits; dlogits = (softmax(logits) - one_hot(labels)) / N.
+    """
+    shapes.check_array(logits, "logits", 2)
+    shapes.check_labels(labels, logits.shape[0], logits.shape[1])
+    return dispatch("softmax_cross_entropy", logits, labels)
+
+
+# --------------------------------------------------------------------------- regularization
+
+def dropout(x, p=0.5, training=True, seed=None):
+    """Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p).
+
+    Returns (y, mask) where mask holds 0 or 1/(1-p) (pass it to
+    dropout_backward); in eval mode (training=False) or p=0, returns (x, None).
+    seed: an int for a reproducible mask, None for a fresh one.
+    """
+    shapes.check_array(x, "x")
+    if not (isinstance(p, numbers.Real) and 0 <= p < 1):
+        raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
+    if not training or p == 0:
+        return x, None
+    return dispatch("dropout", x, float(p), seed)
+
+
+def dropout_backward(dy, mask):
+    shapes.check_array(dy, "dy")
+    if mask is None:
+        return dy
+    shapes.check_grad_output(mask, "mask", tuple(dy.shape), dy)
+    return dispatch("dropout_backward", dy, mask)
+
+
+def _check_bn(x, running_mean, running_var, weight, bias):
+    shapes.check_array(x, "x", (2, 4))
+    c = x.shape[1]
+    for name, a in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        if a is not None:
+            shapes.check_array(a, name, 1)
+            shapes.check_shape(a, name, (c,))
+    shapes.check_same_dtype(x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Batch normalization over N (and H, W) per channel of x (N,C) or (N,C,H,W).
+
+    training=True normalizes with the batch statistics and updates
+    running_mean / running_var in place (unbiased variance, as PyTorch);
+    training=False uses the running statistics. Returns (y, save_mean,
+    save_invstd) — the mean and 1/sqrt(var+eps) used, for batch_norm_backward.
+    """
+    _check_bn(x, running_mean, running_var, weight, bias)
+    if training and x.size // x.shape[1] < 2:
+        raise ValueError(f"batch_norm in training needs more than one value per channel, got x of shape {tuple(x.shape)}")
+    return dispatch("batch_norm", x, running_mean, running_var, weight, bias, bool(training), float(momentum), float(eps))
+
+
+def batch_norm_backward(dy, x, weight, save_mean, save_invstd, training=True):
+    """(dx, dweight, dbias) of batch_norm; dweight/dbias are None when weight is None."""
+    _check_bn(x, save_mean, save_invstd, weight, None)
+    shapes.check_grad_output(dy, "dy", tuple(x.shape), x)
+    return dispatch("batch_norm_backward", dy, x, weight, save_mean, save_invstd, bool(training))
+
+
+# --------------------------------------------------------------------------- optimizer updates (in place)
+
+def _check_param_lists(**lists):
+    lengths = {k: len(v) for k, v in lists.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"parameter lists differ in length: {lengths}")
+    first = next(iter(lists))
+    for i, p in enumerate(lists[first]):
+        for name, seq in lists.items():
+            shapes.check_array(seq[i], f"{name}[{i}]")
+            shapes.check_shape(seq[i], f"{name}[{i}]", tuple(p.shape))
+            shapes.check_same_dtype(param=p, **{f"{name}[{i}]": seq[i]})
+
+
+def sgd_step(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, nesterov=False,
+             weight_decay=0.0, first_step=False):
+    """One torch.optim.SGD update of every parameter, in place (buffers too).
+
+    first_step=True initializes each momentum buffer with the gradient, as PyTorch does.
+    """
+    _check_param_lists(params=params, grads=grads, momentum_buffers=momentum_buffers)
+    dispatch("sgd_step", params, grads, momentum_buffers, float(lr), float(momentum), float(dampening),
+             bool(nesterov), float(weight_decay), bool(first_step))
+
+
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+              weight_decay=0.0):
+    """One torch.optim.Adam update (L2 weight decay added to the gradient), in place; step counts from 1."""
+    _check_param_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
+    if step < 1:
+        raise ValueError(f"adam step counts from 1, got {step}")
+    dispatch("adam_step", params, grads, exp_avgs, exp_avg_sqs, int(step), float(lr), float(beta1),
+             float(beta2), float(eps), float(weight_decay))
+
+
+# --------------------------------------------------------------------------- arrays
+
+def asarray(a):
+    """A host array as the current backend's array (a copy to the device on GPU backends)."""
+    return dispatch("asarray", a)
+
+
+def to_numpy(a):
+    """Any backend's array as a NumPy array on the host."""
+    return dispatch("to_numpy", a)
+
+
+def zeros_like(a):
+    return dispatch("zeros_like", a)

@@ -1,0 +1,184 @@
+"""Output sizes and input checks: the one source of truth for every backend.
+
+`gpucnn.functional` calls these checks once, before any backend runs, so a
+kernel never sees an argument it was not written for. Each check raises
+ValueError (wrong shape or value) or TypeError (wrong type or dtype) saying
+what was expected and what came.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# --------------------------------------------------------------------------- sizes
+
+def conv_output_size(n: int, f: int, stride: int = 1, pad_before: int = 0, pad_after: int | None = None) -> int:
+    """floor((n + 2p - f) / s) + 1, the output length of a convolution or pooling window."""
+    pad_after = pad_before if pad_after is None else pad_after
+    return (n + pad_before + pad_after - f) // stride + 1
+
+
+def pair(value, name: str) -> tuple[int, int]:
+    """An int or a pair of ints as a (height, width) pair of Python ints."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+    ):
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def positive_pair(value, name: str) -> tuple[int, int]:
+    h, w = pair(value, name)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return h, w
+
+
+def conv_padding(padding, kernel_hw: tuple[int, int], stride_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Resolve padding to (top, bottom, left, right).
+
+    int or (ph, pw): symmetric zero padding. 'valid': none. 'same': output size
+    equals input size; only at stride 1, as in PyTorch. An even kernel puts the
+    extra row/column at the bottom/right, as PyTorch and TensorFlow do.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0, 0, 0
+        if padding == "same":
+            if stride_hw != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1 (as in PyTorch), got stride {stride_hw}")
+            (r, s) = kernel_hw
+            return (r - 1) // 2, r // 2, (s - 1) // 2, s // 2
+        raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    ph, pw = pair(padding, "padding")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"padding must be non-negative, got {padding!r}")
+    return ph, ph, pw, pw
+
+
+# --------------------------------------------------------------------------- arrays
+
+def _describe(a) -> str:
+    return f"{type(a).__name__} of shape {tuple(a.shape)} and dtype {a.dtype}"
+
+
+def check_array(a, name: str, ndim: int | tuple[int, ...] | None = None) -> None:
+    """An array (any backend's) with a float32/float64 dtype and, if given, this rank."""
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+        raise TypeError(f"{name} must be an array, got {type(a).__name__}")
+    if np.dtype(a.dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 (or float64 for gradient checks), got {_describe(a)}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if len(a.shape) not in allowed:
+            want = " or ".join(str(n) for n in allowed)
+            raise ValueError(f"{name} must have rank {want}, got {_describe(a)}")
+
+
+def check_same_dtype(**arrays) -> None:
+    """All given (non-None) arrays share one dtype; nothing is ever cast silently."""
+    given = {k: v for k, v in arrays.items() if v is not None}
+    dtypes = {np.dtype(v.dtype) for v in given.values()}
+    if len(dtypes) > 1:
+        listed = ", ".join(f"{k}: {np.dtype(v.dtype)}" for k, v in given.items())
+        raise TypeError(f"arrays must share one dtype, got {listed}")
+
+
+def check_shape(a, name: str, expected: tuple) -> None:
+    if tuple(a.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(a.shape)}")
+
+
+def check_labels(labels, n: int, num_classes: int) -> None:
+    """Integer class indices of shape (n,) within [0, num_classes)."""
+    if not (hasattr(labels, "shape") and hasattr(labels, "dtype")):
+        raise TypeError(f"labels must be an integer array, got {type(labels).__name__}")
+    if np.dtype(labels.dtype).kind not in "iu":
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must have shape ({n},) to match the logits, got {tuple(labels.shape)}")
+    host = labels if isinstance(labels, np.ndarray) else _to_host(labels)
+    if n and (host.min() < 0 or host.max() >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got values from {host.min()} to {host.max()}"
+        )
+
+
+def _to_host(a) -> np.ndarray:
+    if hasattr(a, "get"):  # CuPy
+        return a.get()
+    if hasattr(a, "copy_to_host"):  # Numba device array
+        return a.copy_to_host()
+    return np.asarray(a)
+
+
+# --------------------------------------------------------------------------- op checks
+
+def check_conv2d(x, w, b, stride, padding):
+    """Validate a conv2d call; return (stride_hw, pads (top, bottom, left, right), output shape)."""
+    check_array(x, "x", 4)
+    check_array(w, "w", 4)
+    if b is not None:
+        check_array(b, "b", 1)
+    check_same_dtype(x=x, w=w, b=b)
+    n, c, h, wd = x.shape
+    k, cw, r, s = w.shape
+    if cw != c:
+        raise ValueError(
+            f"channel mismatch: x has {c} channels (shape {tuple(x.shape)}) but w expects {cw} "
+            f"(w shape {tuple(w.shape)} is (K, C, R, S))"
+        )
+    if b is not None and tuple(b.shape) != (k,):
+        raise ValueError(f"bias must have shape ({k},), one per filter, got {tuple(b.shape)}")
+    stride_hw = positive_pair(stride, "stride")
+    pads = conv_padding(padding, (r, s), stride_hw)
+    hp, wp = h + pads[0] + pads[1], wd + pads[2] + pads[3]
+    if r > hp or s > wp:
+        raise ValueError(f"kernel {r}x{s} is larger than the padded input {hp}x{wp}")
+    p = conv_output_size(h, r, stride_hw[0], pads[0], pads[1])
+    q = conv_output_size(wd, s, stride_hw[1], pads[2], pads[3])
+    return stride_hw, pads, (n, k, p, q)
+
+
+def check_pool2d(x, kernel_size, stride):
+    """Validate a pooling call; return (kernel_hw, stride_hw, output shape). stride=None means kernel_size."""
+    check_array(x, "x", 4)
+    kernel_hw = positive_pair(kernel_size, "kernel_size")
+    stride_hw = kernel_hw if stride is None else positive_pair(stride, "stride")
+    n, c, h, w = x.shape
+    if kernel_hw[0] > h or kernel_hw[1] > w:
+        raise ValueError(f"pool window {kernel_hw[0]}x{kernel_hw[1]} is larger than the input {h}x{w}")
+    p = conv_output_size(h, kernel_hw[0], stride_hw[0])
+    q = conv_output_size(w, kernel_hw[1], stride_hw[1])
+    return kernel_hw, stride_hw, (n, c, p, q)
+
+
+def check_grad_output(dy, name: str, expected: tuple, like) -> None:
+    """The upstream gradient has the forward output's shape and the input's dtype."""
+    check_array(dy, name)
+    check_shape(dy, name, expected)
+    check_same_dtype(**{name: dy, "x": like})
+
+
+def check_linear(x, w, b):
+    check_array(x, "x", 2)
+    check_array(w, "w", 2)
+    if b is not None:
+        check_array(b, "b", 1)
+    check_same_dtype(x=x, w=w, b=b)
+    n, i = x.shape
+    o, iw = w.shape
+    if iw != i:
+        raise ValueError(
+            f"linear shape mismatch: x has {i} features (shape {tuple(x.shape)}) but w (out, in) "
+            f"has shape {tuple(w.shape)}"
+        )
+    if b is not None and tuple(b.shape) != (o,):
+        raise ValueError(f"bias must have shape ({o},), got {tuple(b.shape)}")
+    return (n, o)

@@ -39,8 +39,6 @@ def register(op: str, backend: str):
 
 def _probe(name: str) -> str | None:
     """None when backend `name` can run on this machine, else the reason it cannot."""
-    if name == "numpy":
-        return None
     if name == "numba":
         try:
             from numba import cuda

@@ -1,0 +1,339 @@
+"""Models: a DAG of layers (functional style) and Sequential, its chain special case.
+
+    x = Input((1, 8, 8))
+    e = Conv2D(8, 3, padding='same', activation='relu')(x)
+    d = UpSampling2D(2)(MaxPool2D(2)(e))
+    y = Conv2D(1, 1)(Concatenate()([d, e]))
+    model = Model(x, y, seed=0)
+
+A model runs on whatever backend is current: its parameters are moved there
+once, on the first forward after the backend changed, never per op.
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+import numpy as np
+
+from . import backend
+from . import functional as F
+from .layers import LAYERS, Input, InputLayer, Layer, Node
+
+FORMAT = "gpucnn-model"
+FORMAT_VERSION = 1
+
+
+def _topological(output: Node) -> list[Node]:
+    order, seen = [], set()
+
+    def visit(node):
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        for parent in node.inbound:
+            visit(parent)
+        order.append(node)
+
+    visit(output)
+    return order
+
+
+class Model:
+    """A graph of layers from one Input node to one output node."""
+
+    def __init__(self, inputs: Input, outputs: Node, seed: int | None = None, dtype=np.float32, name: str = "model"):
+        if not isinstance(inputs, Input):
+            raise TypeError(f"inputs must be an Input node, got {type(inputs).__name__}")
+        if not isinstance(outputs, Node):
+            raise TypeError(f"outputs must be a graph node, got {type(outputs).__name__}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"model dtype must be float32 (or float64 for gradient checks), got {self.dtype}")
+        self.name = name
+        self.seed = seed
+        self.input = inputs
+        self.output = outputs
+        self.nodes = _topological(outputs)
+        if self.nodes[0] is not inputs or any(isinstance(n, Input) for n in self.nodes[1:]):
+            raise ValueError("the output does not depend on the given Input (or depends on another Input)")
+        self.input_shape = inputs.shape
+        self.layers: list[Layer] = [n.layer for n in self.nodes[1:]]
+        self._name_layers()
+        rng = np.random.default_rng(seed)
+        for layer in self.layers:
+            layer.build(rng, self.dtype)
+        self._on = "numpy"  # where the parameters live
+        self.optimizer = None
+        self.history = None
+
+    def _name_layers(self):
+        counts: dict[str, int] = {}
+        taken = {layer.name for layer in self.layers if layer.name}
+        for layer in self.layers:
+            if layer.name:
+                continue
+            while True:
+                i = counts.get(layer.prefix, 0)
+                counts[layer.prefix] = i + 1
+                name = layer.prefix if i == 0 else f"{layer.prefix}_{i}"
+                if name not in taken:
+                    break
+            layer.name = name
+            taken.add(name)
+        names = [layer.name for layer in self.layers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"layer names must be unique, got {names}")
+
+    # ----------------------------------------------------------------- backend placement
+    def _place(self):
+        """Move parameters, buffers and gradients to the current backend (once per change)."""
+        here = backend.current_backend()
+        if here == self._on:
+            return
+        for layer in self.layers:
+            for store in (layer.params, layer.buffers, layer.grads):
+                for k, v in store.items():
+                    store[k] = backend.get_op("asarray", here)(backend.get_op("to_numpy", self._on)(v))
+        self._on = here
+
+    # ----------------------------------------------------------------- run
+    def _check_input(self, x):
+        if tuple(x.shape[1:]) != self.input_shape or len(x.shape) != len(self.input_shape) + 1:
+            raise ValueError(f"model expects inputs of shape (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {tuple(x.shape)}")
+        if np.dtype(x.dtype) != self.dtype:
+            raise TypeError(f"model is {self.dtype} but the input is {np.dtype(x.dtype)}; convert it with "
+                            f".astype(np.{self.dtype})")
+
+    def forward(self, x, training: bool = False, logits: bool = False):
+        """Run the graph on a batch x (an array of the current backend, or a host array).
+
+        logits=True stops before a final softmax (a Softmax layer or a Dense
+        with activation='softmax'): what softmax_cross_entropy wants.
+        """
+        self._check_input(x)
+        self._place()
+        x = F.asarray(x) if backend.current_backend() != "numpy" else x
+        values = {id(self.input): x}
+        for node in self.nodes[1:]:
+            layer = node.layer
+            inputs = [values[id(n)] for n in node.inbound]
+            arg = inputs if layer.merge else inputs[0]
+            if node is self.output and getattr(layer, "softmax_output", False):
+                values[id(node)] = layer.forward(arg, training, logits=logits)
+            else:
+                values[id(node)] = layer.forward(arg, training)
+        self._logits = logits
+        return values[id(self.output)]
+
+    __call__ = forward
+
+    def backward(self, dlogits):
+        """Backpropagate from the gradient of the output of the last forward.
+
+        When that forward ran with logits=True, dlogits is the gradient with
+        respect to the logits (before the final softmax). Stores every
+        layer's gradients (see grads()) and returns dx for the input.
+        """
+        grads = {id(self.output): dlogits}
+        for node in reversed(self.nodes[1:]):
+            dy = grads.pop(id(node))
+            layer = node.layer
+            if node is self.output and getattr(layer, "softmax_output", False):
+                dx = layer.backward(dy, logits=self._logits)
+            else:
+                dx = layer.backward(dy)
+            for parent, g in zip(node.inbound, dx if layer.merge else [dx]):
+                key = id(parent)
+                grads[key] = F.add(grads[key], g) if key in grads else g
+        return grads[id(self.input)]
+
+    # ----------------------------------------------------------------- parameters
+    def _entries(self, stores=("params", "buffers")):
+        for layer in self.layers:
+            for store in stores:
+                for k, v in getattr(layer, store).items():
+                    yield f"{layer.name}.{k}", layer, store, k, v
+
+    def parameters(self) -> "OrderedDict[str, object]":
+        """Trainable arrays (live, on the current backend), keyed like state_dict."""
+        return OrderedDict((key, v) for key, _, _, _, v in self._entries(("params",)))
+
+    def grads(self) -> "OrderedDict[str, object]":
+        """Gradients of the last backward, with the keys of parameters()."""
+        out = OrderedDict()
+        for key, layer, _, k, _ in self._entries(("params",)):
+            if k not in layer.grads:
+                raise RuntimeError("no gradients yet: run forward(..., training=True) and backward() first")
+            out[key] = layer.grads[k]
+        return out
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Every parameter and buffer as a host NumPy copy: 'layer.weight' before 'layer.bias'."""
+        return OrderedDict((key, np.array(F.to_numpy(v))) for key, _, _, _, v in self._entries())
+
+    def load_state_dict(self, state: dict) -> None:
+        """Strict: missing, unexpected, mis-shaped or mis-typed keys are one error listing them all."""
+        entries = list(self._entries())
+        expected = {key: v for key, _, _, _, v in entries}
+        problems = []
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        if missing:
+            problems.append(f"missing keys {missing}")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        for k, v in expected.items():
+            if k in state:
+                got = state[k]
+                if tuple(np.shape(got)) != tuple(v.shape):
+                    problems.append(f"{k}: expected shape {tuple(v.shape)}, got {tuple(np.shape(got))}")
+                elif np.dtype(got.dtype) != self.dtype:
+                    problems.append(f"{k}: expected dtype {self.dtype}, got {np.dtype(got.dtype)}")
+        if problems:
+            raise ValueError("load_state_dict: " + "; ".join(problems))
+        to_backend = backend.get_op("asarray", self._on)
+        for key, layer, store, k, _ in entries:
+            getattr(layer, store)[k] = to_backend(np.array(state[key]))
+
+    def count_params(self) -> int:
+        return sum(layer.param_count() for layer in self.layers)
+
+    def flops(self) -> int:
+        """Forward FLOPs per sample (multiply-add = 2)."""
+        return sum(layer.flops() for layer in self.layers)
+
+    # ----------------------------------------------------------------- summary
+    def summary(self, print_fn=print) -> str:
+        """A Keras-style table: layer (type), output shape, parameters, forward FLOPs per sample."""
+        rows = [("Layer (type)", "Output Shape", "Param #", "FLOPs")]
+        rows.append((f"input ({'Input'})", str((None,) + self.input_shape), "0", "0"))
+        for layer in self.layers:
+            rows.append((f"{layer.name} ({type(layer).__name__})", str((None,) + layer.output_shape),
+                         f"{layer.param_count():,}", f"{layer.flops():,}"))
+        widths = [max(len(r[i]) for r in rows) + 2 for i in range(4)]
+        line = "=" * sum(widths)
+
+        def fmt(r):
+            return r[0].ljust(widths[0]) + r[1].ljust(widths[1]) + r[2].rjust(widths[2]) + r[3].rjust(widths[3])
+
+        total = self.count_params()
+        trainable = sum(int(np.prod(v.shape)) for v in self.parameters().values())
+        flops = self.flops()
+        text = "\n".join(
+            [f'Model: "{self.name}"', line, fmt(rows[0]), line] + [fmt(r) for r in rows[1:]] + [
+                line,
+                f"Total params: {total:,}",
+                f"Trainable params: {trainable:,}",
+                f"Non-trainable params: {total - trainable:,}",
+                f"Forward FLOPs per sample: {flops:,} ({flops / 1e6:.1f} MFLOP, multiply-add = 2)",
+                line,
+            ])
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    # ----------------------------------------------------------------- architecture and files
+    def get_config(self) -> dict:
+        index = {id(n): i for i, n in enumerate(self.nodes)}
+        return {
+            "format": FORMAT, "version": FORMAT_VERSION, "name": self.name, "dtype": self.dtype.name,
+            "input_shape": list(self.input_shape),
+            "layers": [{"class": type(n.layer).__name__, "name": n.layer.name, "config": n.layer.get_config(),
+                        "inbound": [index[id(p)] for p in n.inbound]} for n in self.nodes[1:]],
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, seed: int | None = None) -> "Model":
+        if config.get("format") != FORMAT or config.get("version") != FORMAT_VERSION:
+            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} architecture: {config.get('format')!r} "
+                             f"v{config.get('version')!r}")
+        nodes: list[Node] = [Input(config["input_shape"])]
+        for spec in config["layers"]:
+            if spec["class"] not in LAYERS:
+                raise ValueError(f"unknown layer class {spec['class']!r} in architecture")
+            layer = LAYERS[spec["class"]](**spec["config"], name=spec["name"])
+            parents = [nodes[i] for i in spec["inbound"]]
+            nodes.append(layer(parents if layer.merge else parents[0]))
+        return Model(nodes[0], nodes[-1], seed=seed, dtype=config["dtype"], name=config["name"])
+
+    def save(self, path) -> None:
+        """Write a .npz of plain arrays: every state_dict entry plus the architecture as JSON text."""
+        arrays = dict(self.state_dict())
+        arrays["__architecture__"] = np.array(json.dumps(self.get_config()))
+        np.savez(path, **arrays)
+
+    def load(self, path) -> None:
+        """Load weights saved by save(); refuses a file whose architecture differs from this model's."""
+        config, state = _read(path)
+        mine = self.get_config()
+        if config != mine:
+            raise ValueError(f"{path}: architecture does not match this model; it holds "
+                             f"{[l['class'] for l in config.get('layers', [])]} with input "
+                             f"{config.get('input_shape')}, this model is "
+                             f"{[l['class'] for l in mine['layers']]} with input {mine['input_shape']}")
+        self.load_state_dict(state)
+
+    # ----------------------------------------------------------------- training (gpucnn.train)
+    def compile(self, optimizer="adam"):
+        """Choose the optimizer fit() uses: an Optimizer, or 'adam' / 'sgd' with PyTorch's defaults."""
+        from .optim import get_optimizer
+        self.optimizer = get_optimizer(optimizer)
+        return self
+
+    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0, shuffle=True,
+            seed=None, verbose=1):
+        from .train import fit
+        return fit(self, x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                   validation_split=validation_split, shuffle=shuffle, seed=seed, verbose=verbose)
+
+    def evaluate(self, x, y, batch_size=256):
+        from .train import evaluate
+        return evaluate(self, x, y, batch_size=batch_size)
+
+    def predict(self, x, batch_size=256):
+        from .train import predict
+        return predict(self, x, batch_size=batch_size)
+
+
+def _read(path):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable gpucnn model file ({type(e).__name__}: {e})") from None
+    if "__architecture__" not in data:
+        raise ValueError(f"{path}: no architecture inside; not a file written by Model.save")
+    try:
+        config = json.loads(str(data.pop("__architecture__")))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupt architecture ({e})") from None
+    return config, data
+
+
+def load_model(path, seed: int | None = None) -> Model:
+    """Rebuild a model saved with Model.save and load its weights."""
+    config, state = _read(path)
+    model = Model.from_config(config, seed=seed)
+    model.load_state_dict(state)
+    return model
+
+
+class Sequential(Model):
+    """A plain stack: Sequential([Conv2D(...), MaxPool2D(), ...], input_shape=(C, H, W))."""
+
+    def __init__(self, layers, input_shape, seed: int | None = None, dtype=np.float32, name: str = "sequential"):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        x = inp = Input(input_shape)
+        for layer in layers:
+            if not isinstance(layer, Layer) or isinstance(layer, InputLayer):
+                raise TypeError(f"Sequential takes layers, got {layer!r}")
+            if layer.merge:
+                raise TypeError(f"{type(layer).__name__} merges several inputs; build the net with Model instead")
+            x = layer(x)
+        super().__init__(inp, x, seed=seed, dtype=dtype, name=name)

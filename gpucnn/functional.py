@@ -43,11 +43,14 @@ def conv2d_relu(x, w, b=None, stride=1, padding=0):
     return dispatch("conv2d_relu", x, w, b, stride_hw, pads, out_shape)
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0):
-    """Gradients of conv2d: (dx, dw, db) for the upstream gradient dy (N,K,P,Q)."""
+def conv2d_backward(dy, x, w, stride=1, padding=0, input_grad=True):
+    """Gradients of conv2d: (dx, dw, db) for the upstream gradient dy (N,K,P,Q).
+
+    input_grad=False skips the data gradient (dx is None), as for a first layer.
+    """
     stride_hw, pads, out_shape = shapes.check_conv2d(x, w, None, stride, padding)
     shapes.check_grad_output(dy, "dy", out_shape, x)
-    return dispatch("conv2d_backward", dy, x, w, stride_hw, pads)
+    return dispatch("conv2d_backward", dy, x, w, stride_hw, pads, bool(input_grad))
 
 
 # --------------------------------------------------------------------------- pooling
@@ -71,7 +74,7 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None, indices=None):
     kernel_hw, stride_hw, out_shape = shapes.check_pool2d(x, kernel_size, stride)
     shapes.check_grad_output(dy, "dy", out_shape, x)
     if indices is not None:
-        shapes.check_shape(indices, "indices", out_shape)
+        shapes.check_indices(indices, out_shape, x.shape[2] * x.shape[3])
     return dispatch("max_pool2d_backward", dy, x, kernel_hw, stride_hw, indices)
 
 
@@ -170,7 +173,7 @@ def linear_backward(dy, x, w):
 # --------------------------------------------------------------------------- softmax and loss
 
 def _dim(x, dim):
-    if not isinstance(dim, numbers.Integral) or not -x.ndim <= dim < x.ndim:
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or not -x.ndim <= dim < x.ndim:
         raise ValueError(f"dim must be an int in [{-x.ndim}, {x.ndim}), got {dim!r}")
     return int(dim) % x.ndim
 
@@ -249,6 +252,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     save_invstd) — the mean and 1/sqrt(var+eps) used, for batch_norm_backward.
     """
     _check_bn(x, running_mean, running_var, weight, bias)
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("batch_norm in eval mode (training=False) needs running_mean and running_var")
     if training and x.size // x.shape[1] < 2:
         raise ValueError(f"batch_norm in training needs more than one value per channel, got x of shape {tuple(x.shape)}")
     return dispatch("batch_norm", x, running_mean, running_var, weight, bias, bool(training), float(momentum), float(eps))

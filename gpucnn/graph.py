@@ -129,25 +129,29 @@ class Model:
 
     __call__ = forward
 
-    def backward(self, dlogits):
+    def backward(self, dlogits, input_grad: bool = True):
         """Backpropagate from the gradient of the output of the last forward.
 
         When that forward ran with logits=True, dlogits is the gradient with
         respect to the logits (before the final softmax). Stores every
-        layer's gradients (see grads()) and returns dx for the input.
+        layer's gradients (see grads()) and returns dx for the input, or None
+        with input_grad=False (training skips the first layer's data gradient).
         """
         grads = {id(self.output): dlogits}
         for node in reversed(self.nodes[1:]):
             dy = grads.pop(id(node))
             layer = node.layer
+            layer.input_grad = input_grad or self.input not in node.inbound
             if node is self.output and getattr(layer, "softmax_output", False):
                 dx = layer.backward(dy, logits=self._logits)
             else:
                 dx = layer.backward(dy)
             for parent, g in zip(node.inbound, dx if layer.merge else [dx]):
                 key = id(parent)
+                if g is None:
+                    continue
                 grads[key] = F.add(grads[key], g) if key in grads else g
-        return grads[id(self.input)]
+        return grads.get(id(self.input))
 
     # ----------------------------------------------------------------- parameters
     def _entries(self, stores=("params", "buffers")):

@@ -32,6 +32,7 @@ class Layer:
 
     prefix = "layer"
     merge = False  # True for layers taking a list of inputs (Add, Concatenate)
+    input_grad = True  # the model sets False where nobody needs dx (a first layer in training)
 
     def __init__(self, name: str | None = None):
         self.name = name
@@ -180,7 +181,8 @@ class Conv2D(Layer):
     def backward(self, dy):
         if self.activation == "relu":
             dy = F.relu_backward(dy, self._y)
-        dx, dw, db = F.conv2d_backward(dy, self._x, self.params["weight"], self.strides, self._torch_padding)
+        dx, dw, db = F.conv2d_backward(dy, self._x, self.params["weight"], self.strides, self._torch_padding,
+                                       input_grad=self.input_grad)
         self.grads["weight"] = dw
         if self.use_bias:
             self.grads["bias"] = db

@@ -110,6 +110,18 @@ def check_labels(labels, n: int, num_classes: int) -> None:
         )
 
 
+def check_indices(indices, out_shape: tuple, plane_size: int) -> None:
+    """Max-pool indices: integers of the pooled shape, each a flat position h*W+w within its plane."""
+    if not (hasattr(indices, "shape") and hasattr(indices, "dtype")) or np.dtype(indices.dtype).kind not in "iu":
+        raise TypeError(f"indices must be an integer array from max_pool2d(..., return_indices=True), "
+                        f"got {getattr(indices, 'dtype', type(indices).__name__)}")
+    check_shape(indices, "indices", out_shape)
+    # Range is checked on host arrays only: on a GPU it would cost a device sync per backward step.
+    if isinstance(indices, np.ndarray) and indices.size and (indices.min() < 0 or indices.max() >= plane_size):
+        raise ValueError(f"indices must lie in [0, {plane_size}) (flat positions in an input plane), "
+                         f"got values from {indices.min()} to {indices.max()}")
+
+
 def _to_host(a) -> np.ndarray:
     if hasattr(a, "get"):  # CuPy
         return a.get()

@@ -47,7 +47,7 @@ def train_step(model, xb, yb):
     """One forward, loss, backward and optimizer step; returns (loss, number correct) as host numbers."""
     logits = model.forward(xb, training=True, logits=True)
     loss, dlogits = F.softmax_cross_entropy(logits, yb)
-    model.backward(dlogits)
+    model.backward(dlogits, input_grad=False)
     model.optimizer.step(model.parameters(), model.grads())
     correct = int((F.to_numpy(logits).argmax(axis=1) == yb).sum())
     return float(F.to_numpy(loss)), correct

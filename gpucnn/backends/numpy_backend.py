@@ -9,7 +9,6 @@ arrive already checked and resolved by `gpucnn.functional`; dtype is kept
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ..backend import register
 from ..shapes import _to_host
@@ -18,112 +17,162 @@ B = "numpy"
 
 
 # --------------------------------------------------------------------------- convolution
+#
+# im2col works on "planes": the input transposed to (C, N, H, W) and zero-padded,
+# so that for stride-1 rows every kernel offset (i, j) reads one contiguous run of
+# P full padded rows per plane (a near-memcpy copy). The product is then computed
+# on padded-width rows and the extra columns are dropped. The batch is processed
+# in chunks whose columns fit in cache, so each chunk's im2col is still hot when
+# its matrix product runs.
 
-def _pad(x, pads):
-    """Zero-pad the last two axes by (top, bottom, left, right); negative values crop."""
+_CHUNK_BYTES = 4 << 20
+
+
+def _planes(x, pads, extra_rows=0):
+    """x (N,C,H,W) as zero-padded planes (C, N, H+t+b+extra_rows, W+l+r); negative pads crop."""
     t, b, l, r = pads
-    if not any(pads):
-        return x
-    x = x[..., max(0, -t): x.shape[-2] - max(0, -b), max(0, -l): x.shape[-1] - max(0, -r)]
+    x = x[:, :, max(0, -t): x.shape[2] - max(0, -b), max(0, -l): x.shape[3] - max(0, -r)]
     t, b, l, r = max(0, t), max(0, b), max(0, l), max(0, r)
-    if not (t or b or l or r):
-        return x
-    out = np.zeros(x.shape[:-2] + (x.shape[-2] + t + b, x.shape[-1] + l + r), x.dtype)
-    out[..., t: t + x.shape[-2], l: l + x.shape[-1]] = x
-    return out
+    n, c, h, w = x.shape
+    buf = np.zeros((c, n, h + t + b + extra_rows, w + l + r), x.dtype)
+    buf[:, :, t: t + h, l: l + w] = x.transpose(1, 0, 2, 3)
+    return buf
 
 
-def _im2col(xp, r, s, stride, p, q):
-    """cols[(c,i,j), (n,u,v)] = xp[n, c, u*sh + i, v*sw + j], shape (C*R*S, N*P*Q)."""
-    n, c = xp.shape[:2]
+def _row_width(planes, stride, q):
+    """Columns computed per output row: the padded width for stride-1 rows (extras dropped later), else Q."""
+    return planes.shape[3] if stride[1] == 1 else q
+
+
+def _columns(planes, r, s, stride, p, q):
+    """im2col: cols[(c,i,j), (n,u,v)] = planes[c, n, u*sh + i, v*sw + j], shape (C*R*S, n*P*Qs)."""
+    c, n, hb, wp = planes.shape
     sh, sw = stride
-    cols = np.empty((c, r, s, n, p, q), xp.dtype)
-    xt = xp.transpose(1, 0, 2, 3)  # (C, N, Hp, Wp): each slice below copies as one strided block
-    for i in range(r):
-        for j in range(s):
-            cols[:, i, j] = xt[:, :, i: i + sh * (p - 1) + 1: sh, j: j + sw * (q - 1) + 1: sw]
-    return cols.reshape(c * r * s, n * p * q)
+    qs = _row_width(planes, stride, q)
+    cols = np.empty((c, r, s, n, p, qs), planes.dtype)
+    if sw == 1:  # needs sh spare rows at the bottom of each plane (see _planes' extra_rows)
+        flat = planes.reshape(c, n, hb * wp)
+        for i in range(r):
+            for j in range(s):
+                start = i * wp + j
+                cols[:, i, j] = flat[:, :, start: start + p * sh * wp].reshape(c, n, p, sh * wp)[..., :wp]
+    else:
+        for i in range(r):
+            for j in range(s):
+                cols[:, i, j] = planes[:, :, i: i + sh * (p - 1) + 1: sh, j: j + sw * (q - 1) + 1: sw]
+    return cols.reshape(c * r * s, n * p * qs)
 
 
-def _conv_valid(xp, w, stride, p, q):
-    """Valid cross-correlation of a padded input; output (K, N*P*Q)."""
-    k, c, r, s = w.shape
-    return w.reshape(k, c * r * s) @ _im2col(xp, r, s, stride, p, q)
+def _chunks(planes, w, stride, p, q):
+    """Batch ranges (n0, n1) whose im2col columns take about _CHUNK_BYTES each."""
+    c, n = planes.shape[:2]
+    per_sample = w[0].size * p * _row_width(planes, stride, q) * planes.itemsize
+    step = max(1, min(n, _CHUNK_BYTES // per_sample))
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-def _to_nchw(y_knpq, n, p, q):
-    k = y_knpq.shape[0]
-    return np.ascontiguousarray(y_knpq.reshape(k, n, p, q).transpose(1, 0, 2, 3))
+def _correlate(planes, w, stride, p, q):
+    """Valid cross-correlation of planes with w (K,C,R,S), chunk by chunk: yields (n0, n1, y (K, n1-n0, P, Q))."""
+    k, _, r, s = w.shape
+    w2 = w.reshape(k, -1)
+    qs = _row_width(planes, stride, q)
+    for n0, n1 in _chunks(planes, w, stride, p, q):
+        y = w2 @ _columns(planes[:, n0:n1], r, s, stride, p, q)
+        yield n0, n1, y.reshape(k, n1 - n0, p, qs)[..., :q]
+
+
+def _conv2d(x, w, b, stride, pads, out_shape, relu):
+    n, k, p, q = out_shape
+    out = np.empty(out_shape, x.dtype)
+    for n0, n1, y in _correlate(_planes(x, pads, stride[0]), w, stride, p, q):
+        o = out[n0:n1]
+        if b is not None:
+            np.add(y.transpose(1, 0, 2, 3), b[:, None, None], out=o)
+        else:
+            o[...] = y.transpose(1, 0, 2, 3)
+        if relu:
+            np.maximum(o, 0, out=o)
+    return out
 
 
 @register("conv2d", B)
 def conv2d(x, w, b, stride, pads, out_shape):
-    n, k, p, q = out_shape
-    y = _conv_valid(_pad(x, pads), w, stride, p, q)
-    if b is not None:
-        y += b[:, None]
-    return _to_nchw(y, n, p, q)
+    return _conv2d(x, w, b, stride, pads, out_shape, relu=False)
 
 
 @register("conv2d_relu", B)
 def conv2d_relu(x, w, b, stride, pads, out_shape):
-    y = conv2d(x, w, b, stride, pads, out_shape)
-    return np.maximum(y, 0, out=y)
+    return _conv2d(x, w, b, stride, pads, out_shape, relu=True)
 
 
-@register("conv2d_backward", B)
-def conv2d_backward(dy, x, w, stride, pads):
-    n, c, h, wd = x.shape
+def _weight_grad(dy, x, w, stride, pads):
+    """dW (K, C*R*S) = dy (K, N*P*Q) @ cols(x)^T, accumulated over batch chunks."""
+    k, _, r, s = w.shape
+    _, _, p, q = dy.shape
+    planes = _planes(x, pads, stride[0])
+    qs = _row_width(planes, stride, q)
+    dw = np.zeros((k, w[0].size), dy.dtype)
+    for n0, n1 in _chunks(planes, w, stride, p, q):
+        dyc = np.zeros((k, n1 - n0, p, qs), dy.dtype)  # zero on the dropped padded-width columns
+        dyc[..., :q] = dy[n0:n1].transpose(1, 0, 2, 3)
+        dw += dyc.reshape(k, -1) @ _columns(planes[:, n0:n1], r, s, stride, p, q).T
+    return dw.reshape(w.shape)
+
+
+def _data_grad(dy, x_shape, w, stride, pads):
+    """dx: dy scattered onto the window starts of the padded input (zeros between them for
+    stride > 1), then a full correlation with the flipped, channel-transposed kernel; the
+    padding is cropped away by where that correlation starts."""
+    n, c, h, wd = x_shape
     k, _, r, s = w.shape
     _, _, p, q = dy.shape
     sh, sw = stride
-    dy_k = dy.transpose(1, 0, 2, 3).reshape(k, n * p * q)
-
-    # weight gradient: dW (K, CRS) = dy (K, NPQ) @ cols(x)^T
-    dw = (dy_k @ _im2col(_pad(x, pads), r, s, stride, p, q).T).reshape(w.shape)
-    db = dy_k.sum(axis=1)
-
-    # data gradient: scatter dy onto the window starts of the padded input
-    # (zeros between them for stride > 1), then a full correlation with the
-    # flipped, channel-transposed kernel; the padding is cropped away by
-    # choosing where the full correlation starts.
-    hp, wp = h + pads[0] + pads[1], wd + pads[2] + pads[3]
-    hz, wz = hp - r + 1, wp - s + 1  # window starts, stride 1
+    t, _, l, _ = pads
+    hz, wz = h + pads[0] + pads[1] - r + 1, wd + pads[2] + pads[3] - s + 1  # window starts at stride 1
     if (sh, sw) == (1, 1):
         z = dy
     else:
         z = np.zeros((n, k, hz, wz), dy.dtype)
         z[:, :, ::sh, ::sw][:, :, :p, :q] = dy
-    zp = _pad(z, (r - 1 - pads[0], h + pads[0] - hz, s - 1 - pads[2], wd + pads[2] - wz))
+    planes = _planes(z, (r - 1 - t, h + t - hz, s - 1 - l, wd + l - wz), 1)
     w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, K, R, S)
-    dx = _to_nchw(_conv_valid(zp, w_flip, (1, 1), h, wd), n, h, wd)
-    return dx, dw, db
+    dx = np.empty(x_shape, dy.dtype)
+    for n0, n1, y in _correlate(planes, w_flip, (1, 1), h, wd):
+        dx[n0:n1] = y.transpose(1, 0, 2, 3)
+    return dx
+
+
+@register("conv2d_backward", B)
+def conv2d_backward(dy, x, w, stride, pads, input_grad=True):
+    db = dy.sum(axis=(0, 2, 3))
+    dx = _data_grad(dy, x.shape, w, stride, pads) if input_grad else None
+    return dx, _weight_grad(dy, x, w, stride, pads), db
 
 
 # --------------------------------------------------------------------------- pooling
-
-def _windows(x, kernel, stride, out_shape):
-    """(N, C, P, Q, kh, kw) strided view of every pooling window."""
-    _, _, p, q = out_shape
-    v = sliding_window_view(x, kernel, axis=(2, 3))
-    return v[:, :, : stride[0] * (p - 1) + 1: stride[0], : stride[1] * (q - 1) + 1: stride[1]]
-
 
 def _window_offsets(kernel):
     return [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
 
 
+def _window_view(a, i, j, stride, p, q):
+    """The (N, C, P, Q) strided view of `a` seen by window offset (i, j)."""
+    return a[:, :, i: i + stride[0] * (p - 1) + 1: stride[0], j: j + stride[1] * (q - 1) + 1: stride[1]]
+
+
 @register("max_pool2d", B)
 def max_pool2d(x, kernel, stride, out_shape):
-    n, c, p, q = out_shape
-    win = _windows(x, kernel, stride, out_shape)
-    if kernel == stride:  # non-overlapping: a reshape, no window copy
-        blocks = x[:, :, : p * kernel[0], : q * kernel[1]].reshape(n, c, p, kernel[0], q, kernel[1])
-        flat = blocks.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, p, q, -1)
-    else:
-        flat = win.reshape(n, c, p, q, -1)
-    local = flat.argmax(axis=-1)  # first maximum in row-major window order, as PyTorch
-    y = np.take_along_axis(flat, local[..., None], axis=-1)[..., 0]
+    """A running maximum over the kh*kw window offsets, each a strided view; strict '>' keeps the first max."""
+    _, _, p, q = out_shape
+    y = local = None
+    for off, (i, j) in enumerate(_window_offsets(kernel)):
+        v = _window_view(x, i, j, stride, p, q)
+        if y is None:
+            y, local = v.copy(), np.zeros(v.shape, np.int64)
+            continue
+        better = v > y
+        np.copyto(y, v, where=better)
+        np.copyto(local, off, where=better)
     li, lj = np.divmod(local, kernel[1])
     rows = np.arange(p)[:, None] * stride[0] + li
     cols = np.arange(q)[None, :] * stride[1] + lj
@@ -142,7 +191,12 @@ def max_pool2d_backward(dy, x, kernel, stride, indices):
 
 @register("avg_pool2d", B)
 def avg_pool2d(x, kernel, stride, out_shape):
-    return _windows(x, kernel, stride, out_shape).mean(axis=(-2, -1), dtype=x.dtype)
+    _, _, p, q = out_shape
+    y = np.zeros(out_shape, x.dtype)
+    for i, j in _window_offsets(kernel):  # kh*kw slices, each vectorized over N, C, P, Q
+        y += _window_view(x, i, j, stride, p, q)
+    y /= x.dtype.type(kernel[0] * kernel[1])
+    return y
 
 
 @register("avg_pool2d_backward", B)
@@ -150,8 +204,8 @@ def avg_pool2d_backward(dy, x, kernel, stride):
     _, _, p, q = dy.shape
     dx = np.zeros_like(x)
     g = dy / dy.dtype.type(kernel[0] * kernel[1])
-    for i, j in _window_offsets(kernel):  # R*S slices, each vectorized over N, C, P, Q
-        dx[:, :, i: i + stride[0] * (p - 1) + 1: stride[0], j: j + stride[1] * (q - 1) + 1: stride[1]] += g
+    for i, j in _window_offsets(kernel):
+        _window_view(dx, i, j, stride, p, q)[...] += g
     return dx
 
 
@@ -171,7 +225,9 @@ def relu_backward(dy, x):
 def upsample_nearest2d(x, scale):
     n, c, h, w = x.shape
     sh, sw = scale
-    return np.broadcast_to(x[:, :, :, None, :, None], (n, c, h, sh, w, sw)).reshape(n, c, h * sh, w * sw)
+    out = np.empty((n, c, h, sh, w, sw), x.dtype)
+    out[...] = x[:, :, :, None, :, None]
+    return out.reshape(n, c, h * sh, w * sw)
 
 
 @register("upsample_nearest2d_backward", B)
@@ -193,7 +249,7 @@ def concat(xs):
 
 @register("concat_backward", B)
 def concat_backward(dy, channels):
-    return [np.ascontiguousarray(part) for part in np.split(dy, np.cumsum(channels)[:-1], axis=1)]
+    return [part.copy() for part in np.split(dy, np.cumsum(channels)[:-1], axis=1)]
 
 
 # --------------------------------------------------------------------------- dense

@@ -1,0 +1,763 @@
+"""gpucnn.functional on the NumPy backend against the naive oracle (tests/oracle.py) and central differences."""
+import numpy as np
+import pytest
+
+import gpucnn.functional as F
+from gpucnn import backend
+
+import oracle as O
+from helpers import assert_close, check_grad
+
+F32, F64 = np.float32, np.float64
+DTYPES = [F32, F64]
+# forward/backward against the float64 oracle: float32 loosely, float64 tightly
+TOL = {F32: dict(rtol=1e-4, atol=1e-4), F64: dict(rtol=1e-10, atol=1e-10)}
+GRAD = dict(rtol=1e-6, atol=1e-7)  # float64 central differences
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend():
+    with backend.use_backend("numpy"):
+        yield
+
+
+def rand(rng, shape, dtype=F64, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def distinct(rng, shape, dtype=F64):
+    """Distinct values 0.25 apart (a shuffled arange): no ties in max pooling, FD-safe (eps << gap)."""
+    size = int(np.prod(shape))
+    return ((rng.permutation(size) - size / 2) * 0.25).reshape(shape).astype(dtype)
+
+
+def pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+# ============================================================================= conv2d
+# N, C, H, W, K, R, S, stride, padding
+CONV_CASES = [
+    (1, 1, 5, 5, 1, 3, 3, 1, 0),
+    (2, 3, 7, 6, 4, 3, 3, 1, 1),
+    (2, 2, 8, 8, 3, 3, 3, 2, 0),
+    (1, 2, 9, 7, 2, 3, 3, 3, 2),
+    (1, 1, 8, 8, 1, 3, 3, 3, 0),          # stride leaves rows/cols unused: their dx must be 0
+    (1, 1, 5, 5, 1, 3, 3, 3, 2),
+    (1, 1, 4, 4, 1, 3, 3, 2, 2),
+    (1, 1, 3, 3, 1, 3, 3, 1, 2),          # corner windows see one real pixel
+    (2, 1, 6, 5, 2, 1, 1, 1, 0),          # 1x1
+    (1, 3, 5, 7, 2, 1, 1, 2, 0),          # 1x1 stride 2
+    (1, 2, 4, 4, 2, 1, 1, 1, 2),          # outputs entirely in the padding (= bias)
+    (2, 2, 6, 7, 3, 2, 3, 1, 0),          # 2x3
+    (1, 2, 5, 6, 2, 2, 3, 2, 1),          # 2x3 stride 2
+    (2, 2, 9, 9, 2, 5, 5, 1, 2),          # 5x5
+    (1, 1, 11, 10, 2, 5, 5, 2, 1),
+    (1, 1, 3, 3, 1, 5, 5, 1, 1),          # kernel larger than input, fits the padded one
+    (1, 2, 7, 8, 2, 2, 3, (2, 1), (1, 0)),  # asymmetric stride and padding
+    (2, 2, 7, 7, 3, 3, 3, (1, 2), (2, 1)),
+    (1, 2, 10, 4, 2, 3, 2, (3, 1), (0, 1)),
+    (1, 1, 1, 1, 2, 1, 1, 1, 0),          # single pixel
+    (1, 2, 6, 6, 2, 3, 3, 1, "same"),
+    (1, 2, 5, 7, 2, 5, 5, 1, "same"),
+    (1, 2, 7, 6, 2, 2, 2, 1, "same"),     # even kernel: extra row/col at bottom/right
+    (2, 1, 5, 6, 3, 2, 3, 1, "same"),
+    (1, 2, 6, 7, 2, 4, 5, 1, "same"),
+    (1, 1, 4, 5, 1, 1, 4, 1, "same"),
+    (1, 2, 5, 5, 2, 3, 3, 1, "valid"),
+    (1, 1, 7, 6, 2, 2, 3, 2, "valid"),
+]
+CONV_IDS = ["x{}x{}x{}x{}_w{}x{}x{}_s{}_p{}".format(*c[:7], c[7], c[8]) for c in CONV_CASES]
+
+
+def conv_data(case, dtype, seed=0):
+    n, c, h, w, k, r, s, stride, padding = case
+    rng = np.random.default_rng(seed)
+    x, wt, b = rand(rng, (n, c, h, w), dtype), rand(rng, (k, c, r, s), dtype), rand(rng, (k,), dtype)
+    return x, wt, b, pair(stride), O.resolve_pads(padding, r, s), rng
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv2d_forward(case, dtype):
+    x, w, b, stride, pads, _ = conv_data(case, dtype)
+    stride_arg, padding_arg = case[7], case[8]
+    ref = O.conv2d(x, w, b, stride, pads)
+    y = F.conv2d(x, w, b, stride=stride_arg, padding=padding_arg)
+    assert y.dtype == dtype and y.shape == ref.shape
+    assert_close(y, ref, **TOL[dtype], name="conv2d")
+    y0 = F.conv2d(x, w, stride=stride_arg, padding=padding_arg)  # no bias
+    assert_close(y0 + b[:, None, None].astype(F64), ref, **TOL[dtype], name="conv2d no bias")
+    yr = F.conv2d_relu(x, w, b, stride=stride_arg, padding=padding_arg)
+    assert yr.dtype == dtype
+    assert_close(yr, np.maximum(ref, 0), **TOL[dtype], name="conv2d_relu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv2d_backward(case, dtype):
+    x, w, b, stride, pads, rng = conv_data(case, dtype)
+    dy = rand(rng, O.conv2d(x, w, b, stride, pads).shape, dtype)
+    rdx, rdw, rdb = O.conv2d_backward(dy, x, w, stride, pads)
+    dx, dw, db = F.conv2d_backward(dy, x, w, stride=case[7], padding=case[8])
+    for got, ref, name in ((dx, rdx, "dx"), (dw, rdw, "dw"), (db, rdb, "db")):
+        assert got.dtype == dtype, name
+        assert_close(got, ref, **TOL[dtype], name=name)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv2d_grad_fd(case):
+    x, w, b, stride, pads, rng = conv_data(case, F64, seed=1)
+    st, pad = case[7], case[8]
+    dy = rand(rng, F.conv2d(x, w, b, st, pad).shape)
+    dx, dw, db = F.conv2d_backward(dy, x, w, stride=st, padding=pad)
+    conv = lambda x_, w_, b_: F.conv2d(x_, w_, b_, stride=st, padding=pad)
+    check_grad(conv, [x, w, b], 0, dx, dy, **GRAD, name="dx")
+    check_grad(conv, [x, w, b], 1, dw, dy, **GRAD, name="dw")
+    check_grad(conv, [x, w, b], 2, db, dy, **GRAD, name="db")
+
+
+# N, C, H, W, K, R, S, stride, padding: big enough that a backend may split the batch into chunks
+@pytest.mark.parametrize("case", [(14, 16, 32, 32, 8, 3, 3, 1, 1), (7, 16, 64, 63, 4, 3, 3, 2, 1), (7, 3, 64, 64, 4, 5, 5, 1, 2)])
+def test_conv2d_big_batch_equals_per_sample(case):
+    """Whole-batch results equal the per-sample ones (each a single tiny, oracle-checked case)."""
+    x, w, b, _, _, rng = conv_data(case, F64, seed=3)
+    st, pad = case[7], case[8]
+    y = F.conv2d(x, w, b, st, pad)
+    dy = rand(rng, y.shape)
+    dx, dw, db = F.conv2d_backward(dy, x, w, st, pad)
+    per = [F.conv2d_backward(dy[i:i + 1], x[i:i + 1], w, st, pad) for i in range(len(x))]
+    assert_close(y, np.concatenate([F.conv2d(x[i:i + 1], w, b, st, pad) for i in range(len(x))]), **TOL[F64], name="y")
+    assert_close(dx, np.concatenate([g[0] for g in per]), **TOL[F64], name="dx")
+    assert_close(dw, sum(g[1] for g in per), rtol=1e-10, atol=1e-9, name="dw")
+    assert_close(db, sum(g[2] for g in per), rtol=1e-10, atol=1e-9, name="db")
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:6], ids=CONV_IDS[:6])
+def test_conv2d_backward_without_input_grad(case):
+    x, w, b, stride, pads, rng = conv_data(case, F32)
+    dy = rand(rng, F.conv2d(x, w, b, case[7], case[8]).shape, F32)
+    _, dw, db = F.conv2d_backward(dy, x, w, stride=case[7], padding=case[8])
+    dx0, dw0, db0 = F.conv2d_backward(dy, x, w, stride=case[7], padding=case[8], input_grad=False)
+    assert dx0 is None
+    assert_close(dw0, dw, rtol=0, atol=0, name="dw")
+    assert_close(db0, db, rtol=0, atol=0, name="db")
+
+
+@pytest.mark.parametrize("h,w,r,s", [(5, 5, 3, 3), (6, 7, 2, 2), (4, 6, 4, 3), (7, 4, 5, 1), (3, 3, 6, 6), (1, 8, 1, 5)])
+def test_same_padding_keeps_size(h, w, r, s):
+    rng = np.random.default_rng(2)
+    x, wt = rand(rng, (2, 3, h, w), F32), rand(rng, (4, 3, r, s), F32)
+    y = F.conv2d(x, wt, padding="same")
+    assert y.shape == (2, 4, h, w)
+    assert_close(y, O.conv2d(x, wt, None, (1, 1), O.same_pads(r, s)), **TOL[F32])
+
+
+def test_valid_padding_is_zero_padding():
+    rng = np.random.default_rng(3)
+    x, w = rand(rng, (1, 2, 7, 6)), rand(rng, (3, 2, 3, 2))
+    assert_close(F.conv2d(x, w, padding="valid"), F.conv2d(x, w, padding=0), rtol=0, atol=0)
+    assert F.conv2d(x, w, padding="valid").shape == (1, 3, 5, 5)
+
+
+# ============================================================================= pooling
+# shape, kernel_size, stride (None: = kernel)
+POOL_CASES = [
+    ((1, 1, 4, 4), 2, None),
+    ((2, 3, 5, 7), 2, None),          # floor: last row/col unused
+    ((1, 2, 6, 6), 3, 2),             # overlapping windows
+    ((2, 1, 7, 5), (2, 3), (1, 2)),
+    ((1, 1, 5, 5), 3, 1),
+    ((1, 2, 4, 6), (1, 2), None),
+    ((1, 1, 3, 3), 3, None),          # one window = whole plane
+    ((2, 2, 9, 8), 3, 3),
+    ((1, 1, 8, 7), 2, 3),             # stride > kernel: gaps
+    ((1, 1, 1, 6), (1, 3), (1, 2)),
+]
+POOL_IDS = [f"{'x'.join(map(str, s))}_k{k}_s{st}" for s, k, st in POOL_CASES]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,k,s", POOL_CASES, ids=POOL_IDS)
+def test_max_pool2d(shape, k, s, dtype):
+    rng = np.random.default_rng(4)
+    x = distinct(rng, shape, dtype)
+    ref, ref_idx = O.max_pool2d(x, k, s)
+    y, idx = F.max_pool2d(x, k, s, return_indices=True)
+    assert y.dtype == dtype and np.issubdtype(idx.dtype, np.integer)
+    assert_close(y, ref, rtol=0, atol=0, name="max_pool2d")
+    np.testing.assert_array_equal(idx, ref_idx)
+    assert_close(F.max_pool2d(x, k, s), ref, rtol=0, atol=0)
+    dy = rand(rng, ref.shape, dtype)
+    ref_dx = O.max_pool2d_backward(dy, x, k, s)
+    for dx in (F.max_pool2d_backward(dy, x, k, s), F.max_pool2d_backward(dy, x, k, s, indices=idx)):
+        assert dx.dtype == dtype
+        assert_close(dx, ref_dx, **TOL[dtype], name="max_pool2d dx")
+
+
+@pytest.mark.parametrize("shape,k,s", POOL_CASES, ids=POOL_IDS)
+def test_max_pool2d_ties_go_to_first_max(shape, k, s):
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, shape).astype(F64)  # many equal maxima per window
+    ref, ref_idx = O.max_pool2d(x, k, s)
+    y, idx = F.max_pool2d(x, k, s, return_indices=True)
+    np.testing.assert_array_equal(idx, ref_idx)
+    dy = rand(rng, ref.shape)
+    assert_close(F.max_pool2d_backward(dy, x, k, s), O.max_pool2d_backward(dy, x, k, s), **TOL[F64])
+
+
+@pytest.mark.parametrize("shape,k,s", POOL_CASES, ids=POOL_IDS)
+def test_max_pool2d_grad_fd(shape, k, s):
+    rng = np.random.default_rng(6)
+    x = distinct(rng, shape)
+    y, idx = F.max_pool2d(x, k, s, return_indices=True)
+    dy = rand(rng, y.shape)
+    pool = lambda x_: F.max_pool2d(x_, k, s)
+    check_grad(pool, [x], 0, F.max_pool2d_backward(dy, x, k, s), dy, **GRAD, name="dx (search)")
+    check_grad(pool, [x], 0, F.max_pool2d_backward(dy, x, k, s, indices=idx), dy, **GRAD, name="dx (indices)")
+
+
+def test_max_pool2d_backward_uses_given_indices():
+    """Passed indices replace the search: dy goes where they point, even if that is not the max."""
+    x = distinct(np.random.default_rng(31), (1, 2, 4, 4))
+    dy = np.arange(1.0, 9.0).reshape(1, 2, 2, 2)
+    idx = np.array([[[[0, 3], [12, 15]], [[5, 6], [9, 10]]]])  # window corners / window centres
+    dx = F.max_pool2d_backward(dy, x, 2, indices=idx)
+    expected = np.zeros((1, 2, 16))
+    for c in range(2):
+        for p in range(2):
+            for q in range(2):
+                expected[0, c, idx[0, c, p, q]] += dy[0, c, p, q]
+    assert_close(dx, expected.reshape(1, 2, 4, 4), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,k,s", POOL_CASES, ids=POOL_IDS)
+def test_avg_pool2d(shape, k, s, dtype):
+    rng = np.random.default_rng(7)
+    x = rand(rng, shape, dtype)
+    y = F.avg_pool2d(x, k, s)
+    assert y.dtype == dtype
+    assert_close(y, O.avg_pool2d(x, k, s), **TOL[dtype], name="avg_pool2d")
+    dy = rand(rng, y.shape, dtype)
+    dx = F.avg_pool2d_backward(dy, x, k, s)
+    assert dx.dtype == dtype
+    assert_close(dx, O.avg_pool2d_backward(dy, x, k, s), **TOL[dtype], name="avg_pool2d dx")
+
+
+@pytest.mark.parametrize("shape,k,s", POOL_CASES, ids=POOL_IDS)
+def test_avg_pool2d_grad_fd(shape, k, s):
+    rng = np.random.default_rng(8)
+    x = rand(rng, shape)
+    dy = rand(rng, F.avg_pool2d(x, k, s).shape)
+    check_grad(lambda x_: F.avg_pool2d(x_, k, s), [x], 0, F.avg_pool2d_backward(dy, x, k, s), dy, **GRAD)
+
+
+# ============================================================================= relu, upsample, add, concat
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4, 5), (1, 1, 1, 1)])
+def test_relu(shape, dtype):
+    rng = np.random.default_rng(9)
+    x = rand(rng, shape)
+    x = (np.sign(x) * (0.1 + np.abs(x))).astype(dtype)  # nothing within 0.1 of the kink
+    if x.size == 1:
+        x[...] = -x if x.item() < 0 else x  # keep the one value positive so the gradient is not all zero
+    y = F.relu(x)
+    assert y.dtype == dtype
+    assert_close(y, O.relu(x), rtol=0, atol=0, name="relu")
+    dy = rand(rng, shape, dtype)
+    assert_close(F.relu_backward(dy, x), np.where(x > 0, dy, 0), rtol=0, atol=0)
+    assert_close(F.relu_backward(dy, y), F.relu_backward(dy, x), rtol=0, atol=0)  # output gives the same mask
+    if dtype == F64:
+        check_grad(F.relu, [x], 0, F.relu_backward(dy, x), dy, **GRAD)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,scale", [((1, 1, 2, 2), 2), ((2, 3, 3, 2), 3), ((1, 2, 2, 3), (2, 3)),
+                                         ((2, 1, 3, 3), (1, 2)), ((1, 1, 4, 1), (3, 1)), ((1, 2, 2, 2), 1)])
+def test_upsample_nearest2d(shape, scale, dtype):
+    rng = np.random.default_rng(10)
+    x = rand(rng, shape, dtype)
+    y = F.upsample_nearest2d(x, scale)
+    assert y.dtype == dtype
+    assert_close(y, O.upsample_nearest2d(x, scale), rtol=0, atol=0, name="upsample")
+    dy = rand(rng, y.shape, dtype)
+    dx = F.upsample_nearest2d_backward(dy, scale)
+    assert dx.dtype == dtype and dx.shape == x.shape
+    assert_close(dx, O.upsample_nearest2d_backward(dy, scale), **TOL[dtype], name="upsample dx")
+    if dtype == F64:
+        check_grad(lambda x_: F.upsample_nearest2d(x_, scale), [x], 0, dx, dy, **GRAD)
+
+
+@pytest.mark.parametrize("scale", [2, (1, 2), 1])
+def test_upsample_returns_fresh_writable_array(scale):
+    x = np.random.default_rng(32).standard_normal((1, 2, 3, 3))
+    y = F.upsample_nearest2d(x, scale)
+    assert y.flags.writeable and not np.shares_memory(y, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add(dtype):
+    rng = np.random.default_rng(11)
+    a, b = rand(rng, (2, 3, 4, 5), dtype), rand(rng, (2, 3, 4, 5), dtype)
+    y = F.add(a, b)
+    assert y.dtype == dtype
+    assert_close(y, a.astype(F64) + b.astype(F64), **TOL[dtype])
+    if dtype == F64:
+        dy = rand(rng, a.shape)
+        check_grad(F.add, [a, b], 0, dy, dy, **GRAD)  # the Add layer passes dy to both inputs
+        check_grad(F.add, [a, b], 1, dy, dy, **GRAD)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels", [[1], [2, 3], [1, 1, 4], [3, 1, 2, 1]])
+def test_concat(channels, dtype):
+    rng = np.random.default_rng(12)
+    xs = [rand(rng, (2, c, 3, 4), dtype) for c in channels]
+    y = F.concat(xs)
+    assert y.dtype == dtype and y.shape == (2, sum(channels), 3, 4)
+    at = 0
+    for x in xs:  # each input lands in its own channel block, in order
+        for c in range(x.shape[1]):
+            assert_close(y[:, at], x[:, c], rtol=0, atol=0)
+            at += 1
+    dy = rand(rng, y.shape, dtype)
+    parts = F.concat_backward(dy, channels)
+    assert len(parts) == len(channels)
+    at = 0
+    for part, c in zip(parts, channels):
+        assert part.dtype == dtype
+        assert_close(part, dy[:, at: at + c], rtol=0, atol=0)
+        at += c
+    if dtype == F64:
+        for i in range(len(xs)):
+            check_grad(lambda *xs_: F.concat(list(xs_)), xs, i, parts[i], dy, **GRAD, name=f"d xs[{i}]")
+
+
+# ============================================================================= linear
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,i,o", [(1, 1, 1), (3, 5, 4), (7, 2, 3), (1, 9, 2), (4, 3, 1)])
+def test_linear(n, i, o, dtype):
+    rng = np.random.default_rng(13)
+    x, w, b = rand(rng, (n, i), dtype), rand(rng, (o, i), dtype), rand(rng, (o,), dtype)
+    for bias in (b, None):
+        y = F.linear(x, w, bias)
+        assert y.dtype == dtype
+        assert_close(y, O.linear(x, w, bias), **TOL[dtype], name="linear")
+    dy = rand(rng, (n, o), dtype)
+    grads = F.linear_backward(dy, x, w)
+    for got, ref, name in zip(grads, O.linear_backward(dy, x, w), ("dx", "dw", "db")):
+        assert got.dtype == dtype
+        assert_close(got, ref, **TOL[dtype], name=name)
+    if dtype == F64:
+        for k, name in enumerate(("dx", "dw", "db")):
+            check_grad(F.linear, [x, w, b], k, grads[k], dy, **GRAD, name=name)
+
+
+# ============================================================================= softmax and loss
+SOFTMAX_CASES = [((3, 5), 1), ((3, 5), 0), ((4, 6), -1), ((2, 3, 2, 2), 1), ((2, 3, 4), 2), ((1, 1), 1), ((5,), 0)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,dim", SOFTMAX_CASES)
+def test_softmax_log_softmax(shape, dim, dtype):
+    rng = np.random.default_rng(14)
+    x = rand(rng, shape, dtype, scale=3.0)
+    y, ly = F.softmax(x, dim), F.log_softmax(x, dim)
+    assert y.dtype == dtype and ly.dtype == dtype
+    assert_close(y, O.softmax(x, dim), **TOL[dtype], name="softmax")
+    assert_close(ly, O.log_softmax(x, dim), **TOL[dtype], name="log_softmax")
+
+
+@pytest.mark.parametrize("shape,dim", [c for c in SOFTMAX_CASES if c[0][c[1]] > 1])
+def test_softmax_grad_fd(shape, dim):
+    rng = np.random.default_rng(15)
+    x, dy = rand(rng, shape, scale=2.0), rand(rng, shape)
+    y = F.softmax(x, dim)
+    check_grad(lambda x_: F.softmax(x_, dim), [x], 0, F.softmax_backward(dy, y, dim), dy, **GRAD, name="softmax")
+    # log_softmax has no backward op: d/dx = dy - softmax(x) * sum(dy) along dim
+    dlog = dy - O.softmax(x, dim) * dy.sum(axis=dim, keepdims=True)
+    check_grad(lambda x_: F.log_softmax(x_, dim), [x], 0, dlog, dy, **GRAD, name="log_softmax")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_backward_against_formula(dtype):
+    rng = np.random.default_rng(16)
+    y = F.softmax(rand(rng, (4, 5), dtype), 1)
+    dy = rand(rng, (4, 5), dtype)
+    y64, dy64 = y.astype(F64), dy.astype(F64)
+    jac = lambda r: np.diag(r) - np.outer(r, r)  # softmax Jacobian of one row
+    ref = np.stack([jac(y64[i]) @ dy64[i] for i in range(4)])
+    g = F.softmax_backward(dy, y, 1)
+    assert g.dtype == dtype
+    assert_close(g, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_large_logits_stable(dtype):
+    x = np.array([[1e4, 0.0, -1e4], [1e4, 1e4 - 1, 3.0], [-1e4, -1e4, -1e4]], dtype)
+    for y, ref in ((F.softmax(x, 1), O.softmax(x, 1)), (F.log_softmax(x, 1), O.log_softmax(x, 1))):
+        assert np.all(np.isfinite(y))
+        assert_close(y, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", [(1, 2), (5, 4), (8, 10), (3, 1)])
+def test_softmax_cross_entropy(n, k, dtype, label_dtype):
+    rng = np.random.default_rng(17)
+    logits = rand(rng, (n, k), dtype, scale=3.0)
+    labels = rng.integers(0, k, n).astype(label_dtype)
+    loss, d = F.softmax_cross_entropy(logits, labels)
+    ref_loss, ref_d = O.softmax_cross_entropy(logits, labels)
+    assert np.shape(loss) == () and loss.dtype == dtype and d.dtype == dtype
+    assert_close(loss, ref_loss, rtol=1e-5 if dtype == F32 else 1e-12, atol=1e-6 if dtype == F32 else 1e-12)
+    assert_close(d, ref_d, **TOL[dtype], name="dlogits")
+    if dtype == F64 and k > 1:
+        check_grad(lambda z: F.softmax_cross_entropy(z, labels)[0], [logits], 0, d, None, **GRAD)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1e2, 1e4, 3e4])
+def test_softmax_cross_entropy_large_logits(scale, dtype):
+    rng = np.random.default_rng(18)
+    logits = rand(rng, (6, 5), dtype, scale=scale)
+    labels = rng.integers(0, 5, 6)
+    loss, d = F.softmax_cross_entropy(logits, labels)
+    assert np.isfinite(loss) and np.all(np.isfinite(d))
+    ref_loss, ref_d = O.softmax_cross_entropy(logits, labels)
+    assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert_close(d, ref_d, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_extremes(dtype):
+    x = np.array([[1e4, -1e4, 0.0]], dtype)
+    loss, d = F.softmax_cross_entropy(x, np.array([0]))
+    assert float(loss) == 0.0 and np.all(np.abs(d) < 1e-30)
+    loss, d = F.softmax_cross_entropy(x, np.array([1]))
+    assert_close(loss, 2e4, rtol=1e-6, atol=0)
+    assert_close(d, [[1.0, -1.0, 0.0]], rtol=0, atol=1e-6)
+
+
+# ============================================================================= dropout
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_dropout_mask_and_rate(p):
+    rng = np.random.default_rng(19)
+    x = rand(rng, (50, 4, 20, 20), F32)  # 80 000 elements: the drop rate is within +-0.01 of p
+    y, mask = F.dropout(x, p, training=True, seed=123)
+    assert y.dtype == F32 and mask.dtype == F32 and mask.shape == x.shape
+    scale = np.float32(1 / (1 - p))
+    assert np.all((mask == 0) | (mask == scale))
+    assert abs(np.mean(mask == 0) - p) < 0.01
+    assert_close(y, x.astype(F64) * mask, rtol=1e-6, atol=0)
+    dy = rand(rng, x.shape, F32)
+    assert_close(F.dropout_backward(dy, mask), dy.astype(F64) * mask, rtol=1e-6, atol=0)
+
+
+def test_dropout_seeds():
+    x = np.random.default_rng(20).standard_normal((4, 3, 8, 8))
+    _, m1 = F.dropout(x, 0.5, seed=7)
+    _, m2 = F.dropout(x, 0.5, seed=7)
+    _, m3 = F.dropout(x, 0.5, seed=8)
+    _, m4 = F.dropout(x, 0.5)
+    _, m5 = F.dropout(x, 0.5)
+    np.testing.assert_array_equal(m1, m2)
+    assert not np.array_equal(m1, m3)
+    assert not np.array_equal(m4, m5)  # seed=None: a fresh mask each call
+
+
+def test_dropout_eval_and_p0():
+    x = np.random.default_rng(21).standard_normal((3, 4)).astype(F32)
+    for kwargs in (dict(p=0.5, training=False), dict(p=0.0, training=True)):
+        y, mask = F.dropout(x, **kwargs)
+        assert mask is None
+        np.testing.assert_array_equal(y, x)
+    dy = np.ones_like(x)
+    np.testing.assert_array_equal(F.dropout_backward(dy, None), dy)
+
+
+def test_dropout_grad_fd():
+    rng = np.random.default_rng(22)
+    x, dy = rand(rng, (2, 3, 4, 4)), rand(rng, (2, 3, 4, 4))
+    _, mask = F.dropout(x, 0.3, seed=5)
+    check_grad(lambda x_: F.dropout(x_, 0.3, seed=5)[0], [x], 0, F.dropout_backward(dy, mask), dy, **GRAD)
+
+
+# ============================================================================= batch norm
+BN_SHAPES = [(6, 3), (4, 2, 3, 3), (2, 3, 1, 1), (1, 2, 2, 3), (3, 1)]
+
+
+def bn_data(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    x = rand(rng, shape, dtype, scale=2.0) + np.arange(c).reshape((1, c) + (1,) * (len(shape) - 2)).astype(dtype)
+    w, b = rand(rng, (c,), dtype), rand(rng, (c,), dtype)
+    rm, rv = rand(rng, (c,), dtype), (0.5 + rng.random(c)).astype(dtype)
+    return x, w, b, rm, rv, rng
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum", [0.1, 0.3])
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batch_norm_training(shape, momentum, dtype):
+    x, w, b, rm, rv, _ = bn_data(shape, dtype, 23)
+    rm0, rv0 = rm.astype(F64), rv.astype(F64)
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    ref_y, mean, var, uvar = O.batch_norm_train(x, w, b)
+    y, save_mean, save_invstd = F.batch_norm(x, rm, rv, w, b, training=True, momentum=momentum)
+    assert y.dtype == dtype and rm.dtype == dtype and rv.dtype == dtype
+    assert_close(y, ref_y, **TOL[dtype], name="y")
+    assert_close(save_mean, mean, **TOL[dtype], name="save_mean")
+    assert_close(save_invstd, 1 / np.sqrt(var + 1e-5), **TOL[dtype], name="save_invstd")
+    # running statistics, in place, as torch: unbiased variance
+    assert_close(rm, (1 - momentum) * rm0 + momentum * mean, **TOL[dtype], name="running_mean")
+    assert_close(rv, (1 - momentum) * rv0 + momentum * uvar, **TOL[dtype], name="running_var")
+    # without affine: per-channel mean 0, variance 1 (up to eps)
+    y0, _, _ = F.batch_norm(x, None, None, training=True)
+    assert_close(y0.astype(F64).mean(axis=axes), np.zeros(shape[1]), rtol=0, atol=1e-5)
+    assert_close(y0.astype(F64).var(axis=axes), var / (var + 1e-5), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES + [(1, 3), (1, 2, 1, 1)])
+def test_batch_norm_eval(shape, dtype):
+    x, w, b, rm, rv, _ = bn_data(shape, dtype, 24)
+    rm_before, rv_before = rm.copy(), rv.copy()
+    y, save_mean, save_invstd = F.batch_norm(x, rm, rv, w, b, training=False)
+    assert y.dtype == dtype
+    assert_close(y, O.batch_norm_eval(x, rm, rv, w, b), **TOL[dtype], name="y")
+    np.testing.assert_array_equal(rm, rm_before)
+    np.testing.assert_array_equal(rv, rv_before)
+    assert_close(save_mean, rm_before, rtol=0, atol=0)
+    assert_close(save_invstd, 1 / np.sqrt(rv_before.astype(F64) + 1e-5), **TOL[dtype])
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batch_norm_grad_fd(shape, training, affine):
+    x, w, b, rm, rv, rng = bn_data(shape, F64, 25)
+    if not affine:
+        w = b = None
+    dy = rand(rng, shape)
+    # running stats are mutated in training; the function of x must not see that, so pass copies
+    fwd = lambda x_, w_, b_: F.batch_norm(x_, rm.copy(), rv.copy(), w_, b_, training=training)[0]
+    _, save_mean, save_invstd = F.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training)
+    dx, dw, db = F.batch_norm_backward(dy, x, w, save_mean, save_invstd, training=training)
+    check_grad(fwd, [x, w, b], 0, dx, dy, **GRAD, name="dx")
+    if affine:
+        check_grad(fwd, [x, w, b], 1, dw, dy, **GRAD, name="dweight")
+        check_grad(fwd, [x, w, b], 2, db, dy, **GRAD, name="dbias")
+    else:
+        assert dw is None and db is None
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 2, 3, 3)])
+def test_batch_norm_backward_float32(shape):
+    x, w, b, rm, rv, rng = bn_data(shape, F64, 26)
+    dy = rand(rng, shape)
+    _, sm, si = F.batch_norm(x, None, None, w, b, training=True)
+    ref = F.batch_norm_backward(dy, x, w, sm, si, training=True)
+    c32 = [a.astype(F32) for a in (dy, x, w)]
+    _, sm32, si32 = F.batch_norm(c32[1], None, None, c32[2], b.astype(F32), training=True)
+    got = F.batch_norm_backward(c32[0], c32[1], c32[2], sm32, si32, training=True)
+    for g, r, name in zip(got, ref, ("dx", "dweight", "dbias")):
+        assert g.dtype == F32
+        assert_close(g, r, rtol=1e-3, atol=1e-4, name=name)
+
+
+# ============================================================================= optimizers
+SGD_CASES = [
+    dict(lr=0.1),
+    dict(lr=0.05, weight_decay=0.1),
+    dict(lr=0.1, momentum=0.9),
+    dict(lr=0.1, momentum=0.9, dampening=0.3),
+    dict(lr=0.02, momentum=0.8, nesterov=True),
+    dict(lr=0.1, momentum=0.5, dampening=0.2, weight_decay=0.05),
+    dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+]
+ADAM_CASES = [
+    dict(),
+    dict(lr=0.01),
+    dict(lr=0.05, beta1=0.8, beta2=0.99, eps=1e-6),
+    dict(lr=0.01, weight_decay=0.1),
+    dict(lr=0.1, beta1=0.5, beta2=0.9, eps=1e-3, weight_decay=0.01),
+]
+SHAPES = [(3, 2, 3, 3), (3,), (4, 5)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", SGD_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_sgd_step(cfg, dtype):
+    rng = np.random.default_rng(27)
+    params = [rand(rng, s, dtype) for s in SHAPES]
+    bufs = [rand(rng, s, dtype) for s in SHAPES]  # junk: first_step must overwrite it
+    ref = O.SGD(params, **cfg)
+    for t in range(5):
+        grads = [rand(rng, s, dtype) for s in SHAPES]
+        ids = [id(p) for p in params]
+        assert F.sgd_step(params, grads, bufs, first_step=(t == 0), **cfg) is None
+        assert [id(p) for p in params] == ids  # in place
+        ref.step(grads)
+        for i, p in enumerate(params):
+            assert p.dtype == dtype
+            tol = dict(rtol=1e-5, atol=1e-6) if dtype == F32 else dict(rtol=1e-12, atol=1e-14)
+            assert_close(p, ref.params[i], **tol, name=f"step {t + 1} param {i}")
+            if cfg.get("momentum"):
+                assert_close(bufs[i], ref.bufs[i], **tol, name=f"step {t + 1} buffer {i}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", ADAM_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "defaults")
+def test_adam_step(cfg, dtype):
+    rng = np.random.default_rng(28)
+    params = [rand(rng, s, dtype) for s in SHAPES]
+    m = [np.zeros(s, dtype) for s in SHAPES]
+    v = [np.zeros(s, dtype) for s in SHAPES]
+    ref_cfg = {k: v_ for k, v_ in cfg.items() if k not in ("beta1", "beta2")}
+    ref = O.Adam(params, betas=(cfg.get("beta1", 0.9), cfg.get("beta2", 0.999)), **ref_cfg)
+    for t in range(1, 6):
+        grads = [rand(rng, s, dtype) for s in SHAPES]
+        F.adam_step(params, grads, m, v, t, **cfg)
+        ref.step(grads)
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == F32 else dict(rtol=1e-12, atol=1e-14)
+        for i, p in enumerate(params):
+            assert p.dtype == dtype and m[i].dtype == dtype and v[i].dtype == dtype
+            assert_close(p, ref.params[i], **tol, name=f"step {t} param {i}")
+            assert_close(m[i], ref.m[i], **tol, name=f"step {t} exp_avg {i}")
+            assert_close(v[i], ref.v[i], **tol, name=f"step {t} exp_avg_sq {i}")
+
+
+# ============================================================================= arrays, dtypes, no mutation
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_asarray_to_numpy_round_trip(dtype):
+    x = np.random.default_rng(29).standard_normal((2, 3, 4, 5)).astype(dtype)
+    a = F.asarray(x)
+    back = F.to_numpy(a)
+    assert isinstance(back, np.ndarray) and back.dtype == dtype
+    np.testing.assert_array_equal(back, x)
+    t = F.asarray(x.transpose(0, 1, 3, 2))  # non-contiguous in, contiguous out
+    assert t.flags.c_contiguous
+    np.testing.assert_array_equal(F.to_numpy(t), x.transpose(0, 1, 3, 2))
+    z = F.zeros_like(a)
+    assert z.shape == x.shape and z.dtype == dtype and not np.any(z)
+
+
+def _ops_f32():
+    rng = np.random.default_rng(30)
+    r = lambda *s: rand(rng, s, F32)
+    x, w, b, dy6 = r(2, 3, 6, 6), r(4, 3, 3, 3), r(4), r(2, 4, 6, 6)
+    xl, wl, bl, dyl = r(3, 5), r(2, 5), r(2), r(3, 2)
+    mask = F.dropout(x, 0.5, seed=1)[1]
+    return [
+        ("conv2d", lambda: F.conv2d(x, w, b, padding=1)),
+        ("conv2d_relu", lambda: F.conv2d_relu(x, w, b, padding=1)),
+        ("conv2d_backward", lambda: F.conv2d_backward(dy6, x, w, padding=1)),
+        ("max_pool2d", lambda: F.max_pool2d(x, 2, return_indices=True)[0]),
+        ("max_pool2d_backward", lambda: F.max_pool2d_backward(r(2, 3, 3, 3), x, 2)),
+        ("avg_pool2d", lambda: F.avg_pool2d(x, 2)),
+        ("avg_pool2d_backward", lambda: F.avg_pool2d_backward(r(2, 3, 3, 3), x, 2)),
+        ("relu", lambda: F.relu(x)),
+        ("relu_backward", lambda: F.relu_backward(x, x)),
+        ("upsample", lambda: F.upsample_nearest2d(x, 2)),
+        ("upsample_backward", lambda: F.upsample_nearest2d_backward(x, 2)),
+        ("add", lambda: F.add(x, x)),
+        ("concat", lambda: F.concat([x, x])),
+        ("concat_backward", lambda: F.concat_backward(x, [1, 2])),
+        ("linear", lambda: F.linear(xl, wl, bl)),
+        ("linear_backward", lambda: F.linear_backward(dyl, xl, wl)),
+        ("softmax", lambda: F.softmax(xl)),
+        ("log_softmax", lambda: F.log_softmax(xl)),
+        ("softmax_backward", lambda: F.softmax_backward(xl, F.softmax(xl))),
+        ("softmax_cross_entropy", lambda: F.softmax_cross_entropy(xl, np.array([0, 1, 4]))),
+        ("dropout", lambda: F.dropout(x, 0.5, seed=1)),
+        ("dropout_backward", lambda: F.dropout_backward(x, mask)),
+        ("batch_norm", lambda: F.batch_norm(x, None, None, r(3), r(3), training=True)),
+        ("batch_norm_eval", lambda: F.batch_norm(x, r(3), np.ones(3, F32), r(3), r(3), training=False)),
+        ("batch_norm_backward", lambda: F.batch_norm_backward(x, x, r(3), r(3), np.ones(3, F32))),
+    ], [x, w, b, dy6, xl, wl, bl, dyl, mask]
+
+
+OPS_F32, INPUTS_F32 = _ops_f32()
+
+
+@pytest.mark.parametrize("name,call", OPS_F32, ids=[name for name, _ in OPS_F32])
+def test_float32_in_float32_out_inputs_untouched(name, call):
+    before = [a.copy() for a in INPUTS_F32]
+    out = call()
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    for o in outs:
+        if o is not None:
+            assert o.dtype == F32, f"{name} returned {o.dtype}"
+    for a, a0 in zip(INPUTS_F32, before):
+        np.testing.assert_array_equal(a, a0, err_msg=f"{name} modified an input")
+
+
+# ============================================================================= backend registry
+
+def test_unknown_backend():
+    with pytest.raises(backend.BackendError, match="nope"):
+        backend.use_backend("nope")
+    assert backend.current_backend() == "numpy"
+
+
+def test_unknown_op():
+    with pytest.raises(backend.BackendError, match=r"(?=.*no_such_op)(?=.*numpy)"):
+        backend.get_op("no_such_op", "numpy")
+    with pytest.raises(backend.BackendError, match=r"(?=.*conv2d)(?=.*nope)"):
+        backend.get_op("conv2d", "nope")
+
+
+def test_get_op_returns_registered_numpy_function():
+    from gpucnn.backends import numpy_backend
+    assert backend.get_op("conv2d", "numpy") is numpy_backend.conv2d
+
+
+def test_use_backend_context_manager_restores(monkeypatch):
+    monkeypatch.setattr(backend, "_current", "numba")  # pretend another backend was active
+    with backend.use_backend("numpy") as ctx:
+        assert backend.current_backend() == "numpy" and ctx.name == "numpy"
+    assert backend.current_backend() == "numba"
+    with pytest.raises(ZeroDivisionError):
+        with backend.use_backend("numpy"):
+            1 / 0
+    assert backend.current_backend() == "numba"
+
+
+def test_use_backend_global_switch(monkeypatch):
+    monkeypatch.setattr(backend, "_current", "numba")
+    backend.use_backend("numpy")  # no `with`: stays switched
+    assert backend.current_backend() == "numpy"
+
+
+def test_info_lists_every_backend_with_reasons():
+    info = backend.info()
+    assert set(info) == {"numpy", "numba", "cupy"}
+    assert info["numpy"]["available"] is True and info["numpy"]["reason"] is None
+    assert "conv2d" in info["numpy"]["ops"] and "adam_step" in info["numpy"]["ops"]
+    for name, entry in info.items():
+        if entry["available"]:
+            assert entry["reason"] is None
+        else:
+            assert isinstance(entry["reason"], str) and entry["reason"].strip(), name
+            with pytest.raises(backend.BackendError, match=name):
+                backend.use_backend(name)
+    assert backend.available_backends() == [n for n in ("numpy", "numba", "cupy") if info[n]["available"]]
+
+
+def test_auto_prefers_cupy_then_numba_then_numpy(monkeypatch):
+    for works, expected in (({"numpy", "numba", "cupy"}, "cupy"), ({"numpy", "numba"}, "numba"), ({"numpy"}, "numpy")):
+        monkeypatch.setattr(backend, "_probe", lambda name, works=works: None if name in works else "not here")
+        assert backend.resolve("auto") == expected
+
+
+def test_auto_picks_an_available_backend():
+    with backend.use_backend("auto") as ctx:
+        assert ctx.name in backend.available_backends()
+        order = [n for n in ("cupy", "numba", "numpy") if n in backend.available_backends()]
+        assert ctx.name == order[0]

@@ -266,17 +266,15 @@ class Model:
         """Write a .npz of plain arrays: every state_dict entry plus the architecture as JSON text."""
         arrays = dict(self.state_dict())
         arrays["__architecture__"] = np.array(json.dumps(self.get_config()))
-        np.savez(path, **arrays)
+        with open(path, "wb") as f:  # exactly this path (np.savez would append .npz to a bare name)
+            np.savez(f, **arrays)
 
     def load(self, path) -> None:
         """Load weights saved by save(); refuses a file whose architecture differs from this model's."""
         config, state = _read(path)
-        mine = self.get_config()
-        if config != mine:
-            raise ValueError(f"{path}: architecture does not match this model; it holds "
-                             f"{[l['class'] for l in config.get('layers', [])]} with input "
-                             f"{config.get('input_shape')}, this model is "
-                             f"{[l['class'] for l in mine['layers']]} with input {mine['input_shape']}")
+        difference = _first_difference(config, self.get_config())
+        if difference:
+            raise ValueError(f"{path}: architecture does not match this model: {difference}")
         self.load_state_dict(state)
 
     # ----------------------------------------------------------------- training (gpucnn.train)
@@ -299,6 +297,20 @@ class Model:
     def predict(self, x, batch_size=256):
         from .train import predict
         return predict(self, x, batch_size=batch_size)
+
+
+def _first_difference(saved: dict, mine: dict) -> str | None:
+    """The first architectural difference between two configs (the model's name does not count)."""
+    for key in ("format", "version", "dtype", "input_shape"):
+        if saved.get(key) != mine.get(key):
+            return f"{key} is {saved.get(key)!r} in the file, {mine.get(key)!r} here"
+    a, b = saved.get("layers", []), mine["layers"]
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"layer {i} is {x['class']} {x['name']!r} {x['config']} in the file, {y['class']} {y['name']!r} {y['config']} here"
+    if len(a) != len(b):
+        return f"the file has {len(a)} layers, this model {len(b)}"
+    return None
 
 
 def _read(path):

@@ -17,7 +17,10 @@ class Optimizer:
         self._on = None
 
     def _states(self, params: dict, names: tuple[str, ...]):
-        """Per-parameter state arrays, created as zeros on first use and moved with the backend."""
+        """Per-parameter state arrays, created as zeros on first use and moved with the backend.
+
+        Returns one list per state name, in the order of params, and the set of keys created now.
+        """
         here = backend.current_backend()
         if self._on not in (None, here):
             move_out = backend.get_op("to_numpy", self._on)
@@ -25,10 +28,10 @@ class Optimizer:
                 for k in st:
                     st[k] = F.asarray(move_out(st[k]))
         self._on = here
-        for key, p in params.items():
-            if key not in self.state:
-                self.state[key] = {n: F.zeros_like(p) for n in names}
-        return [[self.state[key][n] for key in params] for n in names]
+        new = {key for key in params if key not in self.state}
+        for key in new:
+            self.state[key] = {n: F.zeros_like(params[key]) for n in names}
+        return [[self.state[key][n] for key in params] for n in names], new
 
     def step(self, params: dict, grads: dict) -> None:
         raise NotImplementedError
@@ -64,11 +67,15 @@ class SGD(Optimizer):
 
     def step(self, params, grads):
         _check_keys(params, grads)
-        (bufs,) = self._states(params, ("momentum_buffer",))
-        first = self.steps == 0
+        (bufs,), new = self._states(params, ("momentum_buffer",))
         self.steps += 1
-        F.sgd_step(list(params.values()), list(grads.values()), bufs, self.lr, self.momentum, self.dampening,
-                   self.nesterov, self.weight_decay, first_step=first)
+        # PyTorch starts each momentum buffer from the parameter's first gradient
+        for first in (True, False):
+            keys = [i for i, key in enumerate(params) if (key in new) == first]
+            if keys:
+                F.sgd_step([list(params.values())[i] for i in keys], [list(grads.values())[i] for i in keys],
+                           [bufs[i] for i in keys], self.lr, self.momentum, self.dampening, self.nesterov,
+                           self.weight_decay, first_step=first)
 
 
 class Adam(Optimizer):
@@ -85,7 +92,7 @@ class Adam(Optimizer):
 
     def step(self, params, grads):
         _check_keys(params, grads)
-        m, v = self._states(params, ("exp_avg", "exp_avg_sq"))
+        (m, v), _ = self._states(params, ("exp_avg", "exp_avg_sq"))
         self.steps += 1
         F.adam_step(list(params.values()), list(grads.values()), m, v, self.steps, self.lr, self.betas[0],
                     self.betas[1], self.eps, self.weight_decay)

@@ -32,6 +32,11 @@ class History:
         return f"History({self.history})"
 
 
+def _check_nonempty(x, what):
+    if len(x) == 0:
+        raise ValueError(f"{what} needs at least one sample, got an empty array of shape {tuple(np.shape(x))}")
+
+
 def _labels(y, n) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 2:  # one-hot
@@ -56,6 +61,7 @@ def train_step(model, xb, yb):
 def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0, shuffle=True, seed=None,
         verbose=1) -> History:
     """Train `model` on host arrays x (N, ...) and labels y; returns a History."""
+    _check_nonempty(x, "fit")
     y = _labels(y, len(x))
     if not 0 <= validation_split < 1:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
@@ -99,6 +105,7 @@ def _logits(model, x, batch_size):
 
 def evaluate(model, x, y, batch_size=256) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) on x, y in inference mode."""
+    _check_nonempty(x, "evaluate")
     y = _labels(y, len(x))
     loss_sum, correct = 0.0, 0
     for i, logits in enumerate(_logits(model, x, batch_size)):
@@ -111,5 +118,6 @@ def evaluate(model, x, y, batch_size=256) -> tuple[float, float]:
 
 def predict(model, x, batch_size=256) -> np.ndarray:
     """The model's outputs (inference mode) for x, as one host array."""
+    _check_nonempty(x, "predict")
     outs = [F.to_numpy(model.forward(x[s: s + batch_size])) for s in range(0, len(x), batch_size)]
     return np.concatenate(outs, axis=0)

@@ -162,21 +162,23 @@ def _window_view(a, i, j, stride, p, q):
 
 @register("max_pool2d", B)
 def max_pool2d(x, kernel, stride, out_shape):
-    """A running maximum over the kh*kw window offsets, each a strided view; strict '>' keeps the first max."""
+    """A running maximum over the kh*kw window offsets (each a strided view), then the flat
+    index h*W+w of the first offset, in row-major window order, that holds the maximum."""
     _, _, p, q = out_shape
-    y = local = None
-    for off, (i, j) in enumerate(_window_offsets(kernel)):
-        v = _window_view(x, i, j, stride, p, q)
-        if y is None:
-            y, local = v.copy(), np.zeros(v.shape, np.int64)
-            continue
-        better = v > y
-        np.copyto(y, v, where=better)
-        np.copyto(local, off, where=better)
-    li, lj = np.divmod(local, kernel[1])
-    rows = np.arange(p)[:, None] * stride[0] + li
-    cols = np.arange(q)[None, :] * stride[1] + lj
-    return y, rows * x.shape[3] + cols
+    w = x.shape[3]
+    views = [(i * w + j, _window_view(x, i, j, stride, p, q)) for i, j in _window_offsets(kernel)]
+    y = views[0][1].copy()
+    for _, v in views[1:]:
+        np.maximum(y, v, out=y)
+    found = views[0][1] == y
+    idx = np.zeros(y.shape, np.int64)
+    for off, v in views[1:]:
+        hit = v == y
+        hit &= ~found
+        found |= hit
+        idx += hit * np.int64(off)
+    idx += (np.arange(p)[:, None] * stride[0] * w + np.arange(q)[None, :] * stride[1])
+    return y, idx
 
 
 @register("max_pool2d_backward", B)
@@ -218,7 +220,7 @@ def relu(x):
 
 @register("relu_backward", B)
 def relu_backward(dy, x):
-    return np.where(x > 0, dy, dy.dtype.type(0))
+    return dy * (x > 0)
 
 
 @register("upsample_nearest2d", B)

@@ -44,12 +44,12 @@ def _row_width(planes, stride, q):
     return planes.shape[3] if stride[1] == 1 else q
 
 
-def _columns(planes, r, s, stride, p, q):
-    """im2col: cols[(c,i,j), (n,u,v)] = planes[c, n, u*sh + i, v*sw + j], shape (C*R*S, n*P*Qs)."""
+def _columns(planes, r, s, stride, p, q, buf):
+    """im2col into `buf`: cols[(c,i,j), (n,u,v)] = planes[c, n, u*sh + i, v*sw + j], shape (C*R*S, n*P*Qs)."""
     c, n, hb, wp = planes.shape
     sh, sw = stride
     qs = _row_width(planes, stride, q)
-    cols = np.empty((c, r, s, n, p, qs), planes.dtype)
+    cols = buf[: c * r * s * n * p * qs].reshape(c, r, s, n, p, qs)
     if sw == 1:  # needs sh spare rows at the bottom of each plane (see _planes' extra_rows)
         flat = planes.reshape(c, n, hb * wp)
         for i in range(r):
@@ -63,35 +63,44 @@ def _columns(planes, r, s, stride, p, q):
     return cols.reshape(c * r * s, n * p * qs)
 
 
-def _chunks(planes, w, stride, p, q):
-    """Batch ranges (n0, n1) whose im2col columns take about _CHUNK_BYTES each."""
+def _column_chunks(planes, w, stride, p, q):
+    """im2col of the batch in chunks of about _CHUNK_BYTES, one buffer reused for all of them
+    (fresh memory would page-fault on every chunk): yields (n0, n1, cols (C*R*S, (n1-n0)*P*Qs))."""
     c, n = planes.shape[:2]
-    per_sample = w[0].size * p * _row_width(planes, stride, q) * planes.itemsize
-    step = max(1, min(n, _CHUNK_BYTES // per_sample))
-    return [(i, min(n, i + step)) for i in range(0, n, step)]
+    r, s = w.shape[2:]
+    per_sample = w[0].size * p * _row_width(planes, stride, q)
+    step = max(1, min(n, _CHUNK_BYTES // (per_sample * planes.itemsize)))
+    buf = np.empty(per_sample * step, planes.dtype)
+    for n0 in range(0, n, step):
+        n1 = min(n, n0 + step)
+        yield n0, n1, _columns(planes[:, n0:n1], r, s, stride, p, q, buf)
 
 
 def _correlate(planes, w, stride, p, q):
-    """Valid cross-correlation of planes with w (K,C,R,S), chunk by chunk: yields (n0, n1, y (K, n1-n0, P, Q))."""
-    k, _, r, s = w.shape
+    """Valid cross-correlation of planes with w (K,C,R,S), chunk by chunk.
+
+    Yields (n0, n1, y): y (K, n1-n0, P, Qs) contiguous, valid in its first Q columns.
+    """
+    k = w.shape[0]
     w2 = w.reshape(k, -1)
     qs = _row_width(planes, stride, q)
-    for n0, n1 in _chunks(planes, w, stride, p, q):
-        y = w2 @ _columns(planes[:, n0:n1], r, s, stride, p, q)
-        yield n0, n1, y.reshape(k, n1 - n0, p, qs)[..., :q]
+    ybuf = None
+    for n0, n1, cols in _column_chunks(planes, w, stride, p, q):
+        if ybuf is None:
+            ybuf = np.empty(k * cols.shape[1], planes.dtype)
+        y = np.matmul(w2, cols, out=ybuf[: k * cols.shape[1]].reshape(k, cols.shape[1]))
+        yield n0, n1, y.reshape(k, n1 - n0, p, qs)
 
 
 def _conv2d(x, w, b, stride, pads, out_shape, relu):
     n, k, p, q = out_shape
     out = np.empty(out_shape, x.dtype)
     for n0, n1, y in _correlate(_planes(x, pads, stride[0]), w, stride, p, q):
-        o = out[n0:n1]
-        if b is not None:
-            np.add(y.transpose(1, 0, 2, 3), b[:, None, None], out=o)
-        else:
-            o[...] = y.transpose(1, 0, 2, 3)
+        if b is not None:  # the epilogue runs on the contiguous chunk, then one transposing copy
+            y += b[:, None, None, None]
         if relu:
-            np.maximum(o, 0, out=o)
+            np.maximum(y, 0, out=y)
+        out[n0:n1] = y[..., :q].transpose(1, 0, 2, 3)
     return out
 
 
@@ -107,15 +116,15 @@ def conv2d_relu(x, w, b, stride, pads, out_shape):
 
 def _weight_grad(dy, x, w, stride, pads):
     """dW (K, C*R*S) = dy (K, N*P*Q) @ cols(x)^T, accumulated over batch chunks."""
-    k, _, r, s = w.shape
+    k = w.shape[0]
     _, _, p, q = dy.shape
     planes = _planes(x, pads, stride[0])
     qs = _row_width(planes, stride, q)
     dw = np.zeros((k, w[0].size), dy.dtype)
-    for n0, n1 in _chunks(planes, w, stride, p, q):
-        dyc = np.zeros((k, n1 - n0, p, qs), dy.dtype)  # zero on the dropped padded-width columns
-        dyc[..., :q] = dy[n0:n1].transpose(1, 0, 2, 3)
-        dw += dyc.reshape(k, -1) @ _columns(planes[:, n0:n1], r, s, stride, p, q).T
+    dy_wide = np.zeros((k, dy.shape[0], p, qs), dy.dtype)  # zero on the dropped padded-width columns
+    dy_wide[..., :q] = dy.transpose(1, 0, 2, 3)
+    for n0, n1, cols in _column_chunks(planes, w, stride, p, q):
+        dw += dy_wide[:, n0:n1].reshape(k, -1) @ cols.T
     return dw.reshape(w.shape)
 
 
@@ -138,7 +147,7 @@ def _data_grad(dy, x_shape, w, stride, pads):
     w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, K, R, S)
     dx = np.empty(x_shape, dy.dtype)
     for n0, n1, y in _correlate(planes, w_flip, (1, 1), h, wd):
-        dx[n0:n1] = y.transpose(1, 0, 2, 3)
+        dx[n0:n1] = y[..., :wd].transpose(1, 0, 2, 3)
     return dx
 
 
@@ -170,14 +179,17 @@ def max_pool2d(x, kernel, stride, out_shape):
     y = views[0][1].copy()
     for _, v in views[1:]:
         np.maximum(y, v, out=y)
+    # the first window offset holding the maximum, as a small int, then one lookup to flat indices
+    first = np.zeros(y.shape, np.int8 if len(views) < 128 else np.int32)
     found = views[0][1] == y
-    idx = np.zeros(y.shape, np.int64)
-    for off, v in views[1:]:
+    for k, (_, v) in enumerate(views[1:], 1):
         hit = v == y
         hit &= ~found
         found |= hit
-        idx += hit * np.int64(off)
-    idx += (np.arange(p)[:, None] * stride[0] * w + np.arange(q)[None, :] * stride[1])
+        first += hit * first.dtype.type(k)
+    offsets = np.array([off for off, _ in views], np.int64)
+    idx = offsets[first]
+    idx += np.arange(p)[:, None] * stride[0] * w + np.arange(q)[None, :] * stride[1]
     return y, idx
 
 

@@ -74,6 +74,11 @@ class Layer:
     def backward(self, dy):
         raise NotImplementedError
 
+    def _store_grads(self, dw, db):
+        self.grads["weight"] = dw
+        if "bias" in self.params:
+            self.grads["bias"] = db
+
     def flops(self) -> int:
         """Forward floating-point operations per sample (a multiply-add counts as 2)."""
         return 0
@@ -183,9 +188,7 @@ class Conv2D(Layer):
             dy = F.relu_backward(dy, self._y)
         dx, dw, db = F.conv2d_backward(dy, self._x, self.params["weight"], self.strides, self._torch_padding,
                                        input_grad=self.input_grad)
-        self.grads["weight"] = dw
-        if self.use_bias:
-            self.grads["bias"] = db
+        self._store_grads(dw, db)
         return dx
 
     def flops(self):
@@ -243,9 +246,7 @@ class Dense(Layer):
         elif self.activation == "softmax" and not logits:
             dy = F.softmax_backward(dy, self._y)
         dx, dw, db = F.linear_backward(dy, self._x, self.params["weight"])
-        self.grads["weight"] = dw
-        if self.use_bias:
-            self.grads["bias"] = db
+        self._store_grads(dw, db)
         return dx
 
     def flops(self):

@@ -24,6 +24,22 @@ def assert_close(actual, expected, rtol=1e-5, atol=1e-8, name="value"):
         raise AssertionError(msg)
 
 
+def numeric_grad(loss, arr, eps=1e-6):
+    """Central differences of the scalar loss() with respect to every element of `arr`, perturbed in place."""
+    assert arr.dtype == np.float64 and arr.flags["C_CONTIGUOUS"], "numeric_grad needs a C-contiguous float64 array"
+    flat = arr.reshape(-1)  # a view: writing flat perturbs arr
+    out = np.zeros(arr.size)
+    for i in range(arr.size):
+        orig = flat[i]
+        flat[i] = orig + eps
+        up = loss()
+        flat[i] = orig - eps
+        down = loss()
+        flat[i] = orig
+        out[i] = (up - down) / (2 * eps)
+    return out.reshape(arr.shape)
+
+
 def check_grad(f, inputs, wrt, grad, dy=None, eps=1e-6, rtol=1e-5, atol=1e-6, name=None):
     """Compare an analytic gradient with central differences of L = sum(f(*inputs) * dy).
 
@@ -43,15 +59,6 @@ def check_grad(f, inputs, wrt, grad, dy=None, eps=1e-6, rtol=1e-5, atol=1e-6, na
         assert out.shape == np.shape(dy) or np.ndim(dy) == 0, f"f returned {out.shape}, dy is {np.shape(dy)}"
         return float(np.sum(out.astype(np.float64) * dy))
 
-    numeric = np.zeros(x.shape)
-    flat, nflat = x.reshape(-1), numeric.reshape(-1)  # views: writing flat perturbs inputs[wrt]
-    for i in range(flat.size):
-        orig = flat[i]
-        flat[i] = orig + eps
-        up = loss()
-        flat[i] = orig - eps
-        down = loss()
-        flat[i] = orig
-        nflat[i] = (up - down) / (2 * eps)
+    numeric = numeric_grad(loss, x, eps)
     assert np.any(numeric != 0), "degenerate check: the numerical gradient is all zero"
     assert_close(grad, numeric, rtol=rtol, atol=atol, name=name or f"grad wrt input {wrt}")

@@ -16,6 +16,8 @@ import gpucnn
 from gpucnn import (Add, AvgPool2D, BatchNorm2D, Concatenate, Conv2D, Dense, Dropout, Flatten, Input, MaxPool2D,
                     Model, ReLU, Sequential, Softmax, UpSampling2D)
 
+from helpers import assert_close, numeric_grad
+
 F64 = np.float64
 
 
@@ -25,34 +27,10 @@ def numpy_backend():
         yield
 
 
-# ============================================================================ private helpers
+# ============================================================================ helpers
 
 def _assert_close(actual, expected, rtol=1e-6, atol=1e-9, name="value"):
-    actual, expected = np.asarray(actual, F64), np.asarray(expected, F64)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape}, expected {expected.shape}"
-    err = np.abs(actual - expected)
-    bad = ~(err <= atol + rtol * np.abs(expected))
-    if bad.any():
-        i = tuple(int(v) for v in np.argwhere(bad)[0])
-        raise AssertionError(f"{name}: {int(bad.sum())}/{bad.size} mismatches, max abs err {err.max():.3e}; "
-                             f"first at {i}: got {actual[i]!r}, expected {expected[i]!r}")
-
-
-def _numeric_grad(loss, arr, eps=1e-6):
-    """Central differences of loss() with respect to every element of `arr`, perturbed in place."""
-    assert arr.dtype == F64 and arr.flags["C_CONTIGUOUS"]
-    flat = arr.reshape(-1)
-    assert np.shares_memory(flat, arr)
-    out = np.zeros(arr.size)
-    for i in range(arr.size):
-        orig = flat[i]
-        flat[i] = orig + eps
-        up = loss()
-        flat[i] = orig - eps
-        down = loss()
-        flat[i] = orig
-        out[i] = (up - down) / (2 * eps)
-    return out.reshape(arr.shape)
+    assert_close(actual, expected, rtol=rtol, atol=atol, name=name)
 
 
 def grad_check(model, x, *, training=True, logits=False, seed=1, rtol=1e-5, atol=1e-8, check_params=True):
@@ -68,12 +46,12 @@ def grad_check(model, x, *, training=True, logits=False, seed=1, rtol=1e-5, atol
     def loss():
         return float(np.sum(np.asarray(model.forward(x, training=training, logits=logits), F64) * r))
 
-    num_dx = _numeric_grad(loss, x)
+    num_dx = numeric_grad(loss, x)
     assert np.abs(num_dx).max() > 1e-6, "degenerate check: dL/dx is all zero"
     _assert_close(dx, num_dx, rtol=rtol, atol=atol, name="dx")
     if check_params:
         for key, p in model.parameters().items():
-            num = _numeric_grad(loss, p)
+            num = numeric_grad(loss, p)
             assert np.abs(num).max() > 1e-6, f"degenerate check: dL/d{key} is all zero"
             _assert_close(grads[key], num, rtol=rtol, atol=atol, name=f"d{key}")
     return dx, grads

@@ -90,8 +90,9 @@ def main():
     except ImportError:
         torch_version = None
     results = []
+    blas = gpucnn.blas_info()
     print(f"batch {args.batch}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-          f"numpy {np.__version__}, torch {torch_version or 'not installed'}")
+          f"numpy {np.__version__} ({blas}), torch {torch_version or 'not installed'}")
     print(f"{'model':14s} {'gpucnn numpy ms':>16s} {'torch cpu ms':>13s} {'ratio':>7s}")
     with gpucnn.use_backend("numpy"):
         for name in args.models:
@@ -105,7 +106,7 @@ def main():
                             "gpucnn_numpy_all_ms": ours_all, "torch_cpu_all_ms": theirs_all})
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"numpy": np.__version__, "torch": torch_version, "cores": os.cpu_count(),
+            json.dump({"numpy": np.__version__, "blas": blas, "torch": torch_version, "cores": os.cpu_count(),
                        "results": results}, f, indent=2)
 
 

@@ -6,6 +6,7 @@
     model = gpucnn.models.digits_cnn(seed=0)
 """
 from . import data, functional, models, optim
+from ._blas import describe as blas_info
 from .backend import BackendError, available_backends, current_backend, info, use_backend
 from .graph import Model, Sequential, load_model
 from .layers import (Add, AvgPool2D, BatchNorm2D, Concatenate, Conv2D, Dense, Dropout, Flatten, Input, MaxPool2D,
@@ -16,6 +17,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "functional", "models", "optim", "data", "use_backend", "current_backend", "available_backends", "info",
-    "BackendError", "Model", "Sequential", "load_model", "Input", "Conv2D", "Dense", "MaxPool2D", "AvgPool2D",
+    "BackendError", "blas_info", "Model", "Sequential", "load_model", "Input", "Conv2D", "Dense", "MaxPool2D", "AvgPool2D",
     "UpSampling2D", "ReLU", "Flatten", "Dropout", "BatchNorm2D", "Softmax", "Add", "Concatenate", "SGD", "Adam",
 ]

@@ -66,7 +66,8 @@ def cmd_info(args) -> int:
         state = f"available, {len(entry['ops'])} ops" if entry["available"] else f"unavailable: {entry['reason']}"
         print(f"{name:6s} {state}")
     print(f"auto   -> {resolve('auto')}")
-    print(f"numpy {np.__version__}")
+    from ._blas import describe
+    print(f"numpy {np.__version__}: {describe()}")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from typing import Callable
 
 BACKENDS = ("numpy", "numba", "cupy")
@@ -44,7 +45,7 @@ def _probe(name: str) -> str | None:
             from numba import cuda
         except Exception as e:  # pragma: no cover - depends on the install
             return f"numba.cuda cannot be imported: {e}"
-        if not cuda.is_available():
+        if not simulated("numba") and not cuda.is_available():
             return "numba cannot reach a CUDA GPU (numba.cuda.is_available() is False: no GPU or driver here)"
     if name == "cupy":
         try:
@@ -65,6 +66,11 @@ def _probe(name: str) -> str | None:
     return None
 
 
+def simulated(name: str) -> bool:
+    """True when `name` runs on the CPU through Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1): for tests."""
+    return name == "numba" and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
 def _load(name: str) -> None:
     if name not in _loaded:
         importlib.import_module(f"gpucnn.backends.{name}_backend")
@@ -77,7 +83,7 @@ def info() -> dict[str, dict]:
     for name in BACKENDS:
         reason = _probe(name)
         ops = sorted(op for (op, b) in _registry if b == name)
-        out[name] = {"available": reason is None, "reason": reason, "ops": ops}
+        out[name] = {"available": reason is None, "reason": reason, "ops": ops, "simulated": simulated(name)}
     return out
 
 
@@ -86,10 +92,10 @@ def available_backends() -> list[str]:
 
 
 def resolve(name: str) -> str:
-    """The concrete backend `name` stands for ('auto': the fastest that works here)."""
+    """The concrete backend `name` stands for ('auto': the fastest that works here, never a simulator)."""
     if name == "auto":
         for cand in AUTO_ORDER:
-            if _probe(cand) is None:
+            if not simulated(cand) and _probe(cand) is None:
                 return cand
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS + ('auto',))}")

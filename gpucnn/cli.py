@@ -64,6 +64,8 @@ def cmd_info(args) -> int:
     from .backend import info, resolve
     for name, entry in info().items():
         state = f"available, {len(entry['ops'])} ops" if entry["available"] else f"unavailable: {entry['reason']}"
+        if entry["available"] and entry["simulated"]:
+            state += " (CUDA simulator: kernels run on the CPU, for tests; 'auto' skips it)"
         print(f"{name:6s} {state}")
     print(f"auto   -> {resolve('auto')}")
     from ._blas import describe

@@ -365,8 +365,8 @@ class Flatten(Layer):
         return (_numel(input_shape),)
 
     def forward(self, x, training=False):
-        self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        self._shape = tuple(x.shape)
+        return x.reshape(x.shape[0], _numel(x.shape[1:]))  # explicit sizes: device arrays take no -1
 
     def backward(self, dy):
         return dy.reshape(self._shape)

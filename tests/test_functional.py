@@ -751,6 +751,7 @@ def test_info_lists_every_backend_with_reasons():
 
 
 def test_auto_prefers_cupy_then_numba_then_numpy(monkeypatch):
+    monkeypatch.setattr(backend, "simulated", lambda name: False)
     for works, expected in (({"numpy", "numba", "cupy"}, "cupy"), ({"numpy", "numba"}, "numba"), ({"numpy"}, "numpy")):
         monkeypatch.setattr(backend, "_probe", lambda name, works=works: None if name in works else "not here")
         assert backend.resolve("auto") == expected
@@ -759,5 +760,6 @@ def test_auto_prefers_cupy_then_numba_then_numpy(monkeypatch):
 def test_auto_picks_an_available_backend():
     with backend.use_backend("auto") as ctx:
         assert ctx.name in backend.available_backends()
-        order = [n for n in ("cupy", "numba", "numpy") if n in backend.available_backends()]
+        order = [n for n in ("cupy", "numba", "numpy")
+                 if n in backend.available_backends() and not backend.simulated(n)]
         assert ctx.name == order[0]

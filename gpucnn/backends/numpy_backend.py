@@ -15,6 +15,8 @@ made no difference beyond run-to-run noise.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..backend import register
@@ -33,15 +35,32 @@ B = "numpy"
 # its matrix product runs.
 
 _CHUNK_BYTES = 4 << 20
+_workspace = threading.local()
 
 
-def _planes(x, pads, extra_rows=0):
-    """x (N,C,H,W) as zero-padded planes (C, N, H+t+b+extra_rows, W+l+r); negative pads crop."""
+def _scratch(name, shape, dtype, zero=False):
+    """A reusable per-thread temporary (never returned to callers): fresh large arrays cost
+    first-touch page faults on every call, reused ones do not."""
+    size = int(np.prod(shape))
+    pool = _workspace.__dict__
+    buf = pool.get(name)
+    if buf is None or buf.size < size or buf.dtype != dtype:
+        buf = pool[name] = np.empty(max(size, 1), dtype)
+    view = buf[:size].reshape(shape)
+    if zero:
+        view.fill(0)
+    return view
+
+
+def _planes(x, pads, extra_rows=0, name="planes"):
+    """x (N,C,H,W) as zero-padded planes (C, N, H+t+b+extra_rows, W+l+r); negative pads crop.
+
+    The planes live in the workspace slot `name` until the next call that uses it."""
     t, b, l, r = pads
     x = x[:, :, max(0, -t): x.shape[2] - max(0, -b), max(0, -l): x.shape[3] - max(0, -r)]
     t, b, l, r = max(0, t), max(0, b), max(0, l), max(0, r)
     n, c, h, w = x.shape
-    buf = np.zeros((c, n, h + t + b + extra_rows, w + l + r), x.dtype)
+    buf = _scratch(name, (c, n, h + t + b + extra_rows, w + l + r), x.dtype, zero=True)
     buf[:, :, t: t + h, l: l + w] = x.transpose(1, 0, 2, 3)
     return buf
 
@@ -77,7 +96,7 @@ def _column_chunks(planes, w, stride, p, q):
     r, s = w.shape[2:]
     per_sample = w[0].size * p * _row_width(planes, stride, q)
     step = max(1, min(n, _CHUNK_BYTES // (per_sample * planes.itemsize)))
-    buf = np.empty(per_sample * step, planes.dtype)
+    buf = _scratch("columns", (per_sample * step,), planes.dtype)
     for n0 in range(0, n, step):
         n1 = min(n, n0 + step)
         yield n0, n1, _columns(planes[:, n0:n1], r, s, stride, p, q, buf)
@@ -94,7 +113,7 @@ def _correlate(planes, w, stride, p, q):
     ybuf = None
     for n0, n1, cols in _column_chunks(planes, w, stride, p, q):
         if ybuf is None:
-            ybuf = np.empty(k * cols.shape[1], planes.dtype)
+            ybuf = _scratch("product", (k * cols.shape[1],), planes.dtype)
         y = np.matmul(w2, cols, out=ybuf[: k * cols.shape[1]].reshape(k, cols.shape[1]))
         yield n0, n1, y.reshape(k, n1 - n0, p, qs)
 
@@ -128,7 +147,8 @@ def _weight_grad(dy, x, w, stride, pads):
     planes = _planes(x, pads, stride[0])
     qs = _row_width(planes, stride, q)
     dw = np.zeros((k, w[0].size), dy.dtype)
-    dy_wide = np.zeros((k, dy.shape[0], p, qs), dy.dtype)  # zero on the dropped padded-width columns
+    dy_wide = _scratch("dy_wide", (k, dy.shape[0], p, qs), dy.dtype)
+    dy_wide[..., q:] = 0  # the dropped padded-width columns
     dy_wide[..., :q] = dy.transpose(1, 0, 2, 3)
     for n0, n1, cols in _column_chunks(planes, w, stride, p, q):
         dw += dy_wide[:, n0:n1].reshape(k, -1) @ cols.T
@@ -150,7 +170,7 @@ def _data_grad(dy, x_shape, w, stride, pads):
     else:
         z = np.zeros((n, k, hz, wz), dy.dtype)
         z[:, :, ::sh, ::sw][:, :, :p, :q] = dy
-    planes = _planes(z, (r - 1 - t, h + t - hz, s - 1 - l, wd + l - wz), 1)
+    planes = _planes(z, (r - 1 - t, h + t - hz, s - 1 - l, wd + l - wz), 1, name="planes_dy")
     w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, K, R, S)
     dx = np.empty(x_shape, dy.dtype)
     for n0, n1, y in _correlate(planes, w_flip, (1, 1), h, wd):

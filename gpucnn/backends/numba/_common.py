@@ -25,8 +25,12 @@ POISON = False  # tests set True: outputs start as NaN
 
 def device(a):
     """`a` as a Numba device array: device arrays pass through, CuPy zero-copy, NumPy copied once."""
-    if cuda.is_cuda_array(a):
-        return a if isinstance(a, cuda.cudadrv.devicearray.DeviceNDArray) else cuda.as_cuda_array(a)
+    if isinstance(a, np.ndarray):
+        return cuda.to_device(np.ascontiguousarray(a))
+    if hasattr(a, "copy_to_host"):  # a Numba device array (or the simulator's stand-in)
+        return a
+    if hasattr(a, "__cuda_array_interface__"):  # CuPy and friends, zero-copy
+        return cuda.as_cuda_array(a)
     return cuda.to_device(np.ascontiguousarray(a))
 
 

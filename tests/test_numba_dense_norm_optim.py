@@ -1,0 +1,315 @@
+"""Numba kernels of the dense, batch-norm and optimizer ops against the NumPy backend.
+
+Runs on Numba's CUDA simulator without a GPU (tests/conftest.py sets NUMBA_ENABLE_CUDASIM=1),
+so shapes are tiny: every launch stays well under 1,000 simulated threads. Outputs start as NaN
+(POISON), so an element a kernel forgets to write fails the comparison.
+"""
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import gpucnn  # noqa: E402
+from gpucnn import backend, functional as F  # noqa: E402
+from gpucnn.backends.numba import _common  # noqa: E402
+
+RTOL, ATOL = 1e-5, 1e-6
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    monkeypatch.setattr(_common, "POISON", True)
+
+
+def ops(name):
+    return backend.get_op(name, "numpy"), backend.get_op(name, "numba")
+
+
+def host(a):
+    out = a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+    assert not np.isnan(out).any(), "NaN in a numba result (an element left unwritten?)"
+    return out
+
+
+def check(got, want, rtol=RTOL, atol=ATOL, name="value"):
+    got = host(got)
+    assert got.shape == np.shape(want), f"{name}: shape {got.shape}, expected {np.shape(want)}"
+    assert got.dtype == np.asarray(want).dtype, f"{name}: dtype {got.dtype}, expected {np.asarray(want).dtype}"
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=name)
+
+
+def rand(rng, *shape, dtype=np.float32, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def dev(a):
+    """A host array copied to the device by the numba backend's asarray."""
+    return backend.get_op("asarray", "numba")(a)
+
+
+# --------------------------------------------------------------------------- linear
+
+@pytest.mark.parametrize("n", [1, 3, 7])
+@pytest.mark.parametrize("i", [1, 5, 13])
+@pytest.mark.parametrize("o", [1, 4, 9])
+def test_linear_forward_and_backward(n, i, o):
+    rng = np.random.default_rng(n * 100 + i * 10 + o)
+    x, w, b, dy = rand(rng, n, i), rand(rng, o, i), rand(rng, o), rand(rng, n, o)
+    ref, nb = ops("linear")
+    check(nb(x, w, b, (n, o)), ref(x, w, b, (n, o)), name="y with bias")
+    check(nb(x, w, None, (n, o)), ref(x, w, None, (n, o)), name="y without bias")
+    ref_b, nb_b = ops("linear_backward")
+    for got, want, name in zip(nb_b(dy, x, w), ref_b(dy, x, w), ("dx", "dw", "db")):
+        check(got, want, name=name)
+
+
+def test_linear_float64_and_device_inputs():
+    rng = np.random.default_rng(1)
+    x, w, b = rand(rng, 7, 13, dtype=np.float64), rand(rng, 9, 13, dtype=np.float64), rand(rng, 9, dtype=np.float64)
+    ref, nb = ops("linear")
+    check(nb(dev(x), dev(w), dev(b), (7, 9)), ref(x, w, b, (7, 9)), rtol=1e-12, atol=1e-12)
+
+
+def test_linear_rows_spanning_several_tiles():
+    rng = np.random.default_rng(2)
+    x, w, dy = rand(rng, 17, 19), rand(rng, 3, 19), rand(rng, 17, 3)
+    ref_b, nb_b = ops("linear_backward")
+    for got, want, name in zip(nb_b(dy, x, w), ref_b(dy, x, w), ("dx", "dw", "db")):
+        check(got, want, name=name)
+
+
+# --------------------------------------------------------------------------- softmax family
+
+@pytest.mark.parametrize("shape, scale", [((1, 1), 1.0), ((3, 5), 1.0), ((7, 10), 3.0), ((4, 6), 1e4)])
+def test_softmax_family(shape, scale):
+    rng = np.random.default_rng(len(shape) + shape[0])
+    x, dy = rand(rng, *shape, scale=scale), rand(rng, *shape)
+    if scale > 100:
+        x += np.float32(1e4)  # logits around 1e4: exp would overflow without the max subtracted
+    for op in ("softmax", "log_softmax"):
+        ref, nb = ops(op)
+        check(nb(x, 1), ref(x, 1), atol=1e-5 if op == "log_softmax" and scale > 100 else ATOL, name=op)
+    y = ops("softmax")[0](x, 1)
+    ref, nb = ops("softmax_backward")
+    check(nb(dy, y, 1), ref(dy, y, 1), name="softmax_backward")
+
+
+@pytest.mark.parametrize("shape, dim", [((5, 3), 0), ((2, 3, 2, 2), 1), ((2, 3, 4), 2)])
+def test_softmax_other_dims(shape, dim):
+    rng = np.random.default_rng(7)
+    x, dy = rand(rng, *shape), rand(rng, *shape)
+    for op in ("softmax", "log_softmax"):
+        ref, nb = ops(op)
+        check(nb(x, dim), ref(x, dim), name=op)
+    y = ops("softmax")[0](x, dim)
+    ref, nb = ops("softmax_backward")
+    check(nb(dy, y, dim), ref(dy, y, dim), name="softmax_backward")
+
+
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("n, classes, scale", [(1, 1, 1.0), (3, 4, 1.0), (7, 10, 3.0), (5, 6, 1e4)])
+def test_softmax_cross_entropy(label_dtype, n, classes, scale):
+    rng = np.random.default_rng(n + classes)
+    logits = rand(rng, n, classes, scale=scale)
+    labels = rng.integers(0, classes, n).astype(label_dtype)
+    ref, nb = ops("softmax_cross_entropy")
+    loss, dlogits = nb(logits, labels)
+    want_loss, want_d = ref(logits, labels)
+    # with logits ~1e4 the loss itself is ~1e4: float32 rounding of (x - max) sets the tolerance
+    check(loss, want_loss, rtol=RTOL, atol=ATOL, name="loss")
+    check(dlogits, want_d, name="dlogits")
+    assert np.isfinite(host(loss)) and np.isfinite(host(dlogits)).all()
+
+
+def test_softmax_cross_entropy_float64():
+    rng = np.random.default_rng(3)
+    logits, labels = rand(rng, 6, 5, dtype=np.float64), rng.integers(0, 5, 6)
+    ref, nb = ops("softmax_cross_entropy")
+    (loss, d), (want_loss, want_d) = nb(logits, labels), ref(logits, labels)
+    check(loss, want_loss, rtol=1e-12, atol=1e-12, name="loss")
+    check(d, want_d, rtol=1e-12, atol=1e-12, name="dlogits")
+
+
+# --------------------------------------------------------------------------- batch norm
+
+BN_SHAPES = [(7, 3), (3, 2, 3, 3), (2, 1, 1, 5)]
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm(shape, training, affine):
+    rng = np.random.default_rng(sum(shape) + 2 * training + affine)
+    c = shape[1]
+    x = rand(rng, *shape, scale=2.0) + np.float32(0.5)
+    rm, rv = rand(rng, c), (rng.random(c) + 0.5).astype(np.float32)
+    w, b = (rand(rng, c), rand(rng, c)) if affine else (None, None)
+    ref, nb = ops("batch_norm")
+    rm_ref, rv_ref = rm.copy(), rv.copy()
+    rm_dev, rv_dev = dev(rm), dev(rv)
+    want = ref(x, rm_ref, rv_ref, w, b, training, 0.1, 1e-5)
+    got = nb(x, rm_dev, rv_dev, w, b, training, 0.1, 1e-5)
+    for g, e, name in zip(got, want, ("y", "save_mean", "save_invstd")):
+        check(g, e, name=name)
+    check(rm_dev, rm_ref, name="running_mean")
+    check(rv_dev, rv_ref, name="running_var")
+    if training:
+        assert not np.allclose(rv_ref, rv), "the running variance should have moved"
+
+    dy = rand(rng, *shape)
+    ref_b, nb_b = ops("batch_norm_backward")
+    want_b = ref_b(dy, x, w, want[1], want[2], training)
+    got_b = nb_b(dy, x, w, got[1], got[2], training)
+    for g, e, name in zip(got_b, want_b, ("dx", "dweight", "dbias")):
+        if e is None:
+            assert g is None, name
+        else:
+            check(g, e, atol=1e-5, name=name)
+
+
+def test_batch_norm_training_without_running_stats_and_float64():
+    rng = np.random.default_rng(5)
+    x = rand(rng, 4, 3, 2, 2, dtype=np.float64)
+    ref, nb = ops("batch_norm")
+    for g, e in zip(nb(x, None, None, None, None, True, 0.1, 1e-5), ref(x, None, None, None, None, True, 0.1, 1e-5)):
+        check(g, e, rtol=1e-12, atol=1e-12)
+
+
+def test_batch_norm_refuses_host_running_stats_in_training():
+    x = np.ones((4, 2), np.float32)
+    nb = backend.get_op("batch_norm", "numba")
+    with pytest.raises(TypeError, match="device array"):
+        nb(x, np.zeros(2, np.float32), np.ones(2, np.float32), None, None, True, 0.1, 1e-5)
+
+
+# --------------------------------------------------------------------------- optimizers
+
+SHAPES = [(3, 4), (5,), (1,)]
+
+
+def _params(rng, dtype=np.float32):
+    return [rand(rng, *s, dtype=dtype) for s in SHAPES]
+
+
+@pytest.mark.parametrize("momentum, dampening, nesterov, weight_decay", [
+    (0.0, 0.0, False, 0.0), (0.9, 0.0, False, 0.0), (0.9, 0.0, True, 0.01), (0.5, 0.3, False, 0.1)])
+def test_sgd_steps(momentum, dampening, nesterov, weight_decay):
+    rng = np.random.default_rng(11)
+    params = _params(rng)
+    bufs = [np.zeros_like(p) for p in params]
+    p_dev, b_dev = [dev(p) for p in params], [dev(b) for b in bufs]
+    ref, nb = ops("sgd_step")
+    for step in range(3):
+        grads = _params(rng)
+        args = (0.1, momentum, dampening, nesterov, weight_decay, step == 0)
+        ref(params, grads, bufs, *args)
+        nb(p_dev, grads, b_dev, *args)
+        for k in range(len(params)):
+            check(p_dev[k], params[k], name=f"param {k} step {step}")
+            check(b_dev[k], bufs[k], name=f"buffer {k} step {step}")
+
+
+@pytest.mark.parametrize("dtype, weight_decay", [(np.float32, 0.0), (np.float32, 0.05), (np.float64, 0.01)])
+def test_adam_steps(dtype, weight_decay):
+    rng = np.random.default_rng(12)
+    params = _params(rng, dtype)
+    m, v = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
+    p_dev, m_dev, v_dev = [dev(p) for p in params], [dev(a) for a in m], [dev(a) for a in v]
+    ref, nb = ops("adam_step")
+    for step in range(1, 4):
+        grads = _params(rng, dtype)
+        args = (step, 1e-2, 0.9, 0.999, 1e-8, weight_decay)
+        ref(params, grads, m, v, *args)
+        nb(p_dev, [dev(g) for g in grads], m_dev, v_dev, *args)
+        for k in range(len(params)):
+            check(p_dev[k], params[k], name=f"param {k} step {step}")
+            check(m_dev[k], m[k], name=f"exp_avg {k} step {step}")
+            check(v_dev[k], v[k], name=f"exp_avg_sq {k} step {step}")
+
+
+def test_optimizers_refuse_host_arrays():
+    p = np.ones(3, np.float32)
+    with pytest.raises(TypeError, match="device array"):
+        backend.get_op("sgd_step", "numba")([p], [p], [p], 0.1, 0.9, 0.0, False, 0.0, True)
+    with pytest.raises(TypeError, match="device array"):
+        backend.get_op("adam_step", "numba")([dev(p)], [p], [p], [p], 1, 1e-3, 0.9, 0.999, 1e-8, 0.0)
+
+
+# --------------------------------------------------------------------------- through the op API
+
+def test_functional_api_on_numba():
+    rng = np.random.default_rng(13)
+    x, w, b, labels = rand(rng, 3, 5), rand(rng, 4, 5), rand(rng, 4), np.array([0, 3, 1])
+    want_y = F.linear(x, w, b)
+    want_loss, want_d = F.softmax_cross_entropy(want_y, labels)
+    with gpucnn.use_backend("numba"):
+        y = F.linear(F.asarray(x), F.asarray(w), F.asarray(b))
+        loss, d = F.softmax_cross_entropy(y, labels)
+        check(y, want_y, name="y")
+        check(loss, want_loss, name="loss")
+        check(d, want_d, name="dlogits")
+        assert isinstance(float(F.to_numpy(loss)), float)
+
+
+# --------------------------------------------------------------------------- float32 discipline
+
+# Types every kernel for the real CUDA target (Numba's typing and LLVM lowering: no GPU, driver or
+# NVVM needed) with float32 arrays and scalars, and fails on any float64 variable or `double` in the
+# IR; float64 arrays must type too. Runs in a subprocess: under the simulator numba.cuda has no compiler.
+_TYPE_CHECK = r'''
+import re, sys, types as pytypes
+try:
+    import numba
+    from numba import types as T
+    from numba.cuda import compiler
+    import numba.cuda.dispatcher as disp
+    compiler.compile_cuda
+except (ImportError, AttributeError) as e:
+    print("SKIP: numba.cuda.compiler.compile_cuda is not available:", e); sys.exit(0)
+disp.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(8, 0))  # device functions ask
+from gpucnn.backends.numba import dense, norm, optim
+
+bad = []
+for fl, nbt in ((T.float32, numba.float32), (T.float64, numba.float64)):
+    b, i = T.boolean, T.int64
+    A1, A2 = T.Array(fl, 1, "C"), T.Array(fl, 2, "C")
+    cases = {
+        "matmul": (dense._make_matmul(nbt), (A2, A2, A1, A2, b, b, b, fl)),
+        "col_sum": (dense._make_col_sum(nbt), (A2, A1, fl, fl)),
+        "softmax_rows": (dense._softmax_rows, (A1, A1, i, i, b, fl)),
+        "softmax_backward_rows": (dense._softmax_backward_rows, (A1, A1, A1, i, i, fl)),
+        "cross_entropy_rows int64": (dense._cross_entropy_rows, (A2, T.Array(T.int64, 1, "C"), A2, A2, fl, fl)),
+        "cross_entropy_rows int32": (dense._cross_entropy_rows, (A2, T.Array(T.int32, 1, "C"), A2, A2, fl, fl)),
+        "bn_stats": (norm._make_bn_stats(nbt), (A1, i, i) + (fl,) * 5 + (b, b) + (A1,) * 4 + (fl, fl)),
+        "bn_eval_stats": (norm._bn_eval_stats, (A1, A1, fl, fl, A1, A1)),
+        "bn_apply": (norm._bn_apply, (A1,) * 5 + (b, b, i, i, A1)),
+        "bn_backward_reduce": (norm._make_bn_backward_reduce(nbt), (A1,) * 5 + (b, i, i, fl, fl, fl) + (A1,) * 4),
+        "bn_backward_dx": (norm._bn_backward_dx, (A1,) * 5 + (b, A1, A1, b, i, i, A1)),
+        "sgd": (optim._sgd, (A1, A1, A1) + (fl,) * 4 + (b,) * 4),
+        "adam": (optim._adam, (A1,) * 4 + (fl,) * 8 + (b,)),
+    }
+    for name, (kernel, sig) in cases.items():
+        cres = compiler.compile_cuda(getattr(kernel, "py_func", kernel), T.void, sig, cc=(8, 0))
+        if fl == T.float32:
+            f64 = sorted(v for v, t in cres.type_annotation.typemap.items() if t == T.float64)
+            doubles = len(re.findall(r"\bdouble\b", cres.library.get_llvm_str()))
+            if f64 or doubles:
+                bad.append(f"{name}: float64 values {f64}, {doubles} 'double' in the LLVM IR")
+print("\n".join(bad) if bad else "OK")
+sys.exit(1 if bad else 0)
+'''
+
+
+def test_kernels_type_for_cuda_without_float64():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    proc = subprocess.run([sys.executable, "-c", _TYPE_CHECK], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=120)
+    if proc.stdout.startswith("SKIP"):
+        pytest.skip(proc.stdout.strip())
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert proc.stdout.strip() == "OK"

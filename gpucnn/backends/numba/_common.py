@@ -64,14 +64,14 @@ def flat(a):
     return a.reshape(a.size)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fill_nan(out):
     start = cuda.grid(1)
     for i in range(start, out.size, cuda.gridsize(1)):
         out[i] = math.nan
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fill_zero(out):
     start = cuda.grid(1)
     for i in range(start, out.size, cuda.gridsize(1)):

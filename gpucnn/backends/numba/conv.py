@@ -72,7 +72,7 @@ DW_TAPS = 9  # filter taps (r, s) reduced together by kernel 4 (3x3 in one pass)
 
 # --------------------------------------------------------------------------- 1. forward, naive
 
-@cuda.jit
+@cuda.jit(cache=True)
 def conv2d_fwd_naive(x, w, b, has_bias, relu, out, sh, sw, pt, pl, zero):
     """out[n,k,p,q] = sum_{c,r,s} x[n, c, p*sh + r - pt, q*sw + s - pl] * w[k,c,r,s] (+ b[k], ReLU)."""
     n_, c_, h_, w_ = x.shape
@@ -262,7 +262,7 @@ def conv2d_relu(x, w, b, stride, pads, out_shape):
 
 # --------------------------------------------------------------------------- 3. backward, data (gather)
 
-@cuda.jit
+@cuda.jit(cache=True)
 def conv2d_bwd_data(dy, w, dx, sh, sw, pt, pl, zero):
     """dx[n,c,h,wi] = sum over k, r, s with p = (h + pt - r) / sh and q = (wi + pl - s) / sw
     integral and inside the output, of dy[n,k,p,q] * w[k,c,r,s]."""
@@ -295,7 +295,7 @@ def _geometry_bwd_data(x_shape):
 
 # --------------------------------------------------------------------------- 4, 5. backward, weight and bias
 
-@cuda.jit(device=True)
+@cuda.jit(device=True, cache=True)
 def _tree_reduce(buf, tid, nthreads, rows):
     """Sum buf[t, 0:nthreads] into buf[t, 0] for every row t < rows, all rows at once: one barrier
     per halving. nthreads is a power of two; every thread of the block must call this, after

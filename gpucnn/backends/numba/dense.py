@@ -72,7 +72,7 @@ def _kernel(cache, factory, dtype):
     return k
 
 
-@cuda.jit(device=True)
+@cuda.jit(device=True, cache=True)
 def tree_sum(s, tid):
     """Sum s[0:REDUCE_THREADS] into s[0]; every thread of the block calls it (it synchronizes)."""
     step = REDUCE_THREADS // 2
@@ -211,7 +211,7 @@ def _row_geometry(shape, dim):
     return rows, d, inner
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _softmax_rows(x, out, d, inner, log, zero):
     """Each thread one row (elements base + j*inner, j < d): max, sum of exp, then softmax or log-softmax."""
     start = cuda.grid(1)
@@ -236,7 +236,7 @@ def _softmax_rows(x, out, d, inner, log, zero):
                 out[base + j * inner] = math.exp(x[base + j * inner] - mx) / total
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _softmax_backward_rows(dy, y, dx, d, inner, zero):
     """Each thread one row: dx = y * (dy - sum(dy * y))."""
     start = cuda.grid(1)
@@ -286,7 +286,7 @@ def softmax_backward(dy, y, dim):
 
 # --------------------------------------------------------------------------- fused loss
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _cross_entropy_rows(logits, labels, dlogits, row_loss, one, n):
     """Each thread one row: row_loss = -log softmax[label], dlogits = (softmax - onehot) / n."""
     start = cuda.grid(1)

@@ -29,7 +29,7 @@ SPLITMIX_GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment (2**64 / golden ra
 
 # --------------------------------------------------------------------------- kernels
 
-@cuda.jit
+@cuda.jit(cache=True)
 def relu_kernel(x, y):
     """y[i] = max(x[i], 0) for flat arrays; NaN passes through (as np.maximum)."""
     zero = y.dtype.type(0)
@@ -42,7 +42,7 @@ def relu_kernel(x, y):
             y[i] = v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def relu_backward_kernel(dy, x, dx):
     """dx[i] = dy[i] where x[i] > 0, else 0 (x may be relu's input or its output)."""
     zero = dx.dtype.type(0)
@@ -54,7 +54,7 @@ def relu_backward_kernel(dy, x, dx):
             dx[i] = zero
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def add_kernel(a, b, c):
     """c[i] = a[i] + b[i] for flat arrays of one size."""
     start = cuda.grid(1)
@@ -62,7 +62,7 @@ def add_kernel(a, b, c):
         c[i] = a[i] + b[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def multiply_kernel(a, b, c):
     """c[i] = a[i] * b[i] for flat arrays of one size (dropout's backward: dy * mask)."""
     start = cuda.grid(1)
@@ -70,7 +70,7 @@ def multiply_kernel(a, b, c):
         c[i] = a[i] * b[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def upsample_nearest_kernel(x, y, sh, sw):
     """y (planes, H*sh, W*sw) from x (planes, H, W): y[p, i, j] = x[p, i // sh, j // sw].
 
@@ -85,7 +85,7 @@ def upsample_nearest_kernel(x, y, sh, sw):
         y[p, i, j] = x[p, i // sh, j // sw]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def upsample_nearest_backward_kernel(dy, dx, sh, sw):
     """dx (planes, H, W) from dy (planes, H*sh, W*sw): each dx element sums its sh x sw block of dy.
 
@@ -104,7 +104,7 @@ def upsample_nearest_backward_kernel(dy, dx, sh, sw):
         dx[p, r, c] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def copy_channels_kernel(src, dst, offset):
     """dst[n, offset + c, k] = src[n, c, k]: one concat input (N, Cs, H*W) into the output (N, C, H*W)."""
     n_, cs, hw = src.shape
@@ -116,7 +116,7 @@ def copy_channels_kernel(src, dst, offset):
         dst[n, offset + c, k] = src[n, c, k]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def slice_channels_kernel(src, dst, offset):
     """dst[n, c, k] = src[n, offset + c, k]: one piece (N, Cd, H*W) of concat's gradient (N, C, H*W)."""
     n_, cd, hw = dst.shape
@@ -128,7 +128,7 @@ def slice_channels_kernel(src, dst, offset):
         dst[n, c, k] = src[n, offset + c, k]
 
 
-@cuda.jit(device=True)
+@cuda.jit(device=True, cache=True)
 def splitmix64_mix(z):
     """SplitMix64's output function of its counter z (uint64): a well-mixed uint64."""
     z = (z ^ (z >> uint32(30))) * uint64(0xBF58476D1CE4E5B9)
@@ -136,7 +136,7 @@ def splitmix64_mix(z):
     return z ^ (z >> uint32(31))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def seed_states_kernel(states, seed):
     """Seed one xoroshiro128+ state per thread of a launch, on the device.
 
@@ -152,7 +152,7 @@ def seed_states_kernel(states, seed):
         states[i]["s1"] = splitmix64_mix(seed + uint64(2 * i + 2) * gamma)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def dropout_kernel(x, states, threshold, scale, y, mask):
     """Inverted dropout: mask[i] = scale (1/(1-p)) or 0, y[i] = x[i] * mask[i].
 

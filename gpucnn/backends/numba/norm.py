@@ -81,7 +81,7 @@ def _make_bn_stats(dt):
 _bn_stats_kernels: dict = {}
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _bn_eval_stats(running_mean, running_var, eps, one, save_mean, save_invstd):
     start = cuda.grid(1)
     for c in range(start, save_mean.size, cuda.gridsize(1)):
@@ -89,7 +89,7 @@ def _bn_eval_stats(running_mean, running_var, eps, one, save_mean, save_invstd):
         save_invstd[c] = one / math.sqrt(running_var[c] + eps)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _bn_apply(x, mean, invstd, weight, bias, has_weight, has_bias, channels, hw, y):
     start = cuda.grid(1)
     for i in range(start, x.size, cuda.gridsize(1)):
@@ -170,7 +170,7 @@ def _make_bn_backward_reduce(dt):
 _bn_backward_reduce_kernels: dict = {}
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _bn_backward_dx(dy, x, mean, invstd, weight, has_weight, gmean, gxhat, training, channels, hw, dx):
     start = cuda.grid(1)
     for i in range(start, x.size, cuda.gridsize(1)):

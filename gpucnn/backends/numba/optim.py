@@ -21,7 +21,7 @@ from .dense import _in_place, _scalars
 B = "numba"
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _sgd(p, g, buf, lr, momentum, one_minus_dampening, weight_decay, use_weight_decay, use_momentum,
          nesterov, first_step):
     start = cuda.grid(1)
@@ -56,7 +56,7 @@ def sgd_step(params, grads, bufs, lr, momentum, dampening, nesterov, weight_deca
                                       wd_t, bool(weight_decay), bool(momentum), bool(nesterov), bool(first_step))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _adam(p, g, m, v, step_size, beta1, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps,
           weight_decay, use_weight_decay):
     start = cuda.grid(1)

@@ -30,7 +30,7 @@ B = "numba"
 
 # --------------------------------------------------------------------------- kernels
 
-@cuda.jit
+@cuda.jit(cache=True)
 def max_pool_kernel(x, y, idx, kh, kw, sh, sw):
     """y[p, oh, ow] = max of the kh x kw window at (oh*sh, ow*sw) of x[p]; idx = its flat h*W+w.
 
@@ -60,7 +60,7 @@ def max_pool_kernel(x, y, idx, kh, kw, sh, sw):
         idx[p, oh, ow] = best_h * width + best_w
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def max_pool_backward_kernel(dy, idx, dx, kh, kw, sh, sw):
     """dx[p, h, w] = sum of dy[p, oh, ow] over the windows containing (h, w) whose idx is h*W+w.
 
@@ -83,7 +83,7 @@ def max_pool_backward_kernel(dy, idx, dx, kh, kw, sh, sw):
         dx[p, h, w] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def avg_pool_kernel(x, y, kh, kw, sh, sw, inv_area):
     """y[p, oh, ow] = (sum of the kh x kw window at (oh*sh, ow*sw) of x[p]) * inv_area.
 
@@ -104,7 +104,7 @@ def avg_pool_kernel(x, y, kh, kw, sh, sw, inv_area):
         y[p, oh, ow] = acc * inv_area
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def avg_pool_backward_kernel(dy, dx, kh, kw, sh, sw, inv_area):
     """dx[p, h, w] = (sum of dy[p, oh, ow] over the windows containing (h, w)) * inv_area.
 

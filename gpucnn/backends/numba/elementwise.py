@@ -190,20 +190,22 @@ def relu(x):
     return y
 
 
+def _binary(kernel, a, b):
+    """Launch an elementwise kernel(a, b, out) over two same-shape arrays; returns out."""
+    a, b = _common.device(a), _common.device(b)
+    out = _common.empty(a.shape, a.dtype)
+    kernel[_common.grid_1d(out.size)](_common.flat(a), _common.flat(b), _common.flat(out))
+    return out
+
+
 @register("relu_backward", B)
 def relu_backward(dy, x):
-    dy, x = _common.device(dy), _common.device(x)
-    dx = _common.empty(x.shape, x.dtype)
-    relu_backward_kernel[_common.grid_1d(dx.size)](_common.flat(dy), _common.flat(x), _common.flat(dx))
-    return dx
+    return _binary(relu_backward_kernel, dy, x)
 
 
 @register("add", B)
 def add(a, b):
-    a, b = _common.device(a), _common.device(b)
-    c = _common.empty(a.shape, a.dtype)
-    add_kernel[_common.grid_1d(c.size)](_common.flat(a), _common.flat(b), _common.flat(c))
-    return c
+    return _binary(add_kernel, a, b)
 
 
 @register("upsample_nearest2d", B)
@@ -281,7 +283,4 @@ def dropout(x, p, seed):
 
 @register("dropout_backward", B)
 def dropout_backward(dy, mask):
-    dy, mask = _common.device(dy), _common.device(mask)
-    dx = _common.empty(dy.shape, dy.dtype)
-    multiply_kernel[_common.grid_1d(dx.size)](_common.flat(dy), _common.flat(mask), _common.flat(dx))
-    return dx
+    return _binary(multiply_kernel, dy, mask)

@@ -5,6 +5,7 @@ CPU: NUMBA_ENABLE_CUDASIM=1 is set here, before anything imports numba. Tests
 marked `gpu` need a real GPU and are skipped, saying why, without one.
 """
 import os
+import sys
 
 import pytest
 
@@ -15,6 +16,10 @@ def _gpu_present() -> bool:
 
 if not _gpu_present():
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+    if "numba.core.config" in sys.modules:  # numba read its settings already: switch them too
+        sys.modules["numba.core.config"].ENABLE_CUDASIM = os.environ["NUMBA_ENABLE_CUDASIM"] == "1"
+    if "numba.cuda" in sys.modules and "numba.cuda.simulator" not in sys.modules:
+        raise RuntimeError("numba.cuda was imported before tests/conftest.py could enable the CUDA simulator")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,7 +5,7 @@
     gpucnn.use_backend('auto')        # or 'numpy', 'numba', 'cupy'; also a context manager
     model = gpucnn.models.digits_cnn(seed=0)
 """
-from . import data, functional, models, optim
+from . import config, data, functional, models, optim
 from ._blas import describe as blas_info
 from .backend import BackendError, available_backends, current_backend, info, use_backend
 from .graph import Model, Sequential, load_model
@@ -16,7 +16,7 @@ from .optim import SGD, Adam
 __version__ = "0.1.0"
 
 __all__ = [
-    "functional", "models", "optim", "data", "use_backend", "current_backend", "available_backends", "info",
+    "config", "functional", "models", "optim", "data", "use_backend", "current_backend", "available_backends", "info",
     "BackendError", "blas_info", "Model", "Sequential", "load_model", "Input", "Conv2D", "Dense", "MaxPool2D", "AvgPool2D",
     "UpSampling2D", "ReLU", "Flatten", "Dropout", "BatchNorm2D", "Softmax", "Add", "Concatenate", "SGD", "Adam",
 ]

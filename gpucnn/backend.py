@@ -47,7 +47,11 @@ def _probe(name: str) -> str | None:
             return f"numba.cuda cannot be imported: {e}"
         if not simulated("numba") and not cuda.is_available():
             return "numba cannot reach a CUDA GPU (numba.cuda.is_available() is False: no GPU or driver here)"
-    if name == "cupy":
+    if name == "cupy" and simulated("cupy"):
+        from .backends.cupy import hostemu
+        if hostemu.compiler() is None:
+            return "GPUCNN_CUPY_EMULATE=1 needs g++ to build the kernels for the CPU, and none was found"
+    elif name == "cupy":
         try:
             import cupy
         except Exception as e:
@@ -67,8 +71,13 @@ def _probe(name: str) -> str | None:
 
 
 def simulated(name: str) -> bool:
-    """True when `name` runs on the CPU through Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1): for tests."""
-    return name == "numba" and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    """True when `name`'s kernels run on the CPU, for tests: Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1)
+    or the CuPy backend's CUDA C compiled for the host by hostemu (GPUCNN_CUPY_EMULATE=1)."""
+    if name == "numba":
+        return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    if name == "cupy":
+        return os.environ.get("GPUCNN_CUPY_EMULATE") == "1"
+    return False
 
 
 def _load(name: str) -> None:

@@ -1,7 +1,9 @@
 """Shared pytest setup.
 
 Without a GPU, Numba's CUDA simulator runs the numba backend's kernels on the
-CPU: NUMBA_ENABLE_CUDASIM=1 is set here, before anything imports numba. Tests
+CPU: NUMBA_ENABLE_CUDASIM=1 is set here, before anything imports numba. The
+CuPy backend's CUDA C runs on the CPU too: GPUCNN_CUPY_EMULATE=1 makes it
+compile kernels/*.cu with g++ against gpucnn/backends/cupy/hostemu.h. Tests
 marked `gpu` need a real GPU and are skipped, saying why, without one.
 """
 import os
@@ -16,6 +18,7 @@ def _gpu_present() -> bool:
 
 if not _gpu_present():
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+    os.environ.setdefault("GPUCNN_CUPY_EMULATE", "1")  # CuPy backend: kernels/*.cu compiled for the CPU
     if "numba.core.config" in sys.modules:  # numba read its settings already: switch them too
         sys.modules["numba.core.config"].ENABLE_CUDASIM = os.environ["NUMBA_ENABLE_CUDASIM"] == "1"
     if "numba.cuda" in sys.modules and "numba.cuda.simulator" not in sys.modules:

@@ -1,0 +1,336 @@
+// hostemu.h: runs gpucnn's CUDA C kernels on the CPU, for tests on machines without a GPU.
+//
+// Force-included (g++ -include hostemu.h) before a kernels/*.cu file, which is then compiled
+// as ordinary C++20. Each CUDA thread of a block is a fiber (ucontext) on one OS thread; blocks
+// run one after another. __syncthreads() and warp operations (__syncwarp, shuffles, the TF32
+// mma) suspend the fiber until every thread of the block (or lanes of the warp) has arrived, so
+// a kernel that reads shared memory before a barrier others have not reached sees stale data,
+// as it might on a GPU. Barriers are strict: a thread that exits while others of its block wait
+// at __syncthreads, or a deadlock, is an error. __shared__ variables are static: one copy, shared
+// by the threads of the running block. Only the subset of CUDA C the kernels use is provided.
+// What this cannot show: timing, occupancy, register spills, races between blocks, real
+// hardware rounding of fused multiply-adds. Those need a GPU (and compute-sanitizer).
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <cstdio>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#define GPUCNN_HOSTEMU 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __restrict__ __restrict
+#define __shared__ static
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+
+struct uint3 { unsigned x, y, z; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+
+namespace hostemu {
+
+enum class Wait { running, block, warp, done, failed };
+
+struct Fiber {
+    ucontext_t ctx;
+    uint3 tid;
+    unsigned lane, warp;
+    Wait wait;
+    char* stack;
+};
+
+constexpr size_t kStack = 256 * 1024;  // per thread; a guard page below catches overflow
+constexpr size_t kPage = 4096;
+constexpr int kSlotWords = 16;          // 8-byte words a lane may publish to its warp
+
+inline ucontext_t sched;
+inline Fiber* cur = nullptr;
+inline uint3 block_idx, block_dim, grid_dim;
+inline std::string error;
+inline std::vector<uint64_t> exchange;  // [warp][lane][kSlotWords]
+inline void (*body)(void*) = nullptr;
+inline void* body_arg = nullptr;
+
+inline uint64_t* slot(unsigned warp, unsigned lane) {
+    return &exchange[(size_t(warp) * 32 + lane) * kSlotWords];
+}
+
+inline void suspend(Wait w) {
+    cur->wait = w;
+    swapcontext(&cur->ctx, &sched);
+}
+
+inline void fail(const std::string& msg) {
+    if (error.empty()) error = msg;
+    suspend(Wait::failed);  // never resumed
+}
+
+inline void full_mask(unsigned mask, const char* what) {
+    if (mask != 0xffffffffu) fail(std::string(what) + ": only full-warp masks are emulated");
+}
+
+inline void trampoline() {
+    body(body_arg);
+    cur->wait = Wait::done;
+}
+
+template <class... A, size_t... I>
+std::tuple<A...> unpack(void** args, std::index_sequence<I...>) {
+    return std::tuple<A...>{*static_cast<A*>(args[I])...};
+}
+
+template <class... A>
+struct Job {
+    void (*kernel)(A...);
+    std::tuple<A...> args;
+    static void run(void* p) {
+        auto* j = static_cast<Job*>(p);
+        std::apply(j->kernel, j->args);
+    }
+};
+
+// Runs every block of the grid; returns 0, or 1 with `err` filled.
+inline int schedule(std::vector<Fiber>& fibers, const unsigned* grid, const unsigned* block) {
+    const unsigned n = unsigned(fibers.size());
+    const unsigned nwarps = (n + 31) / 32;
+    for (unsigned bz = 0; bz < grid[2]; ++bz)
+        for (unsigned by = 0; by < grid[1]; ++by)
+            for (unsigned bx = 0; bx < grid[0]; ++bx) {
+                block_idx = {bx, by, bz};
+                for (unsigned i = 0; i < n; ++i) {
+                    Fiber& f = fibers[i];
+                    f.tid = {i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
+                    f.lane = i % 32;
+                    f.warp = i / 32;
+                    f.wait = Wait::running;
+                    getcontext(&f.ctx);
+                    f.ctx.uc_stack.ss_sp = f.stack + kPage;
+                    f.ctx.uc_stack.ss_size = kStack;
+                    f.ctx.uc_link = &sched;
+                    makecontext(&f.ctx, trampoline, 0);
+                }
+                for (;;) {
+                    for (unsigned i = 0; i < n; ++i) {
+                        if (fibers[i].wait != Wait::running) continue;
+                        cur = &fibers[i];
+                        swapcontext(&sched, &cur->ctx);
+                        if (!error.empty()) return 1;
+                    }
+                    // Everyone is parked. Release warps whose live lanes all wait at a warp barrier.
+                    bool released = false;
+                    for (unsigned w = 0; w < nwarps; ++w) {
+                        unsigned lo = w * 32, hi = std::min(n, lo + 32), waiting = 0, done = 0;
+                        for (unsigned i = lo; i < hi; ++i) {
+                            waiting += fibers[i].wait == Wait::warp;
+                            done += fibers[i].wait == Wait::done;
+                        }
+                        if (waiting && waiting + done == hi - lo) {
+                            if (done) {
+                                error = "a lane exited while the rest of its warp waits at a warp-wide operation";
+                                return 1;
+                            }
+                            for (unsigned i = lo; i < hi; ++i) fibers[i].wait = Wait::running;
+                            released = true;
+                        }
+                    }
+                    if (released) continue;
+                    unsigned at_block = 0, done = 0;
+                    for (auto& f : fibers) {
+                        at_block += f.wait == Wait::block;
+                        done += f.wait == Wait::done;
+                    }
+                    if (done == n) break;
+                    if (at_block + done == n) {
+                        if (done) {
+                            error = "__syncthreads(): some threads of the block exited while others wait at it";
+                            return 1;
+                        }
+                        for (auto& f : fibers) f.wait = Wait::running;
+                        continue;
+                    }
+                    error = "deadlock: threads wait at __syncthreads() while lanes of their warps wait at a warp-wide operation";
+                    return 1;
+                }
+            }
+    return 0;
+}
+
+template <class... A>
+int launch(void (*kernel)(A...), const unsigned* grid, const unsigned* block, void** args, const long* sizes,
+           int nargs, char* err, int errlen) {
+    auto report = [&](const std::string& msg) {
+        snprintf(err, size_t(errlen), "%s", msg.c_str());
+        return 1;
+    };
+    if (nargs != int(sizeof...(A)))
+        return report("the kernel takes " + std::to_string(sizeof...(A)) + " arguments, " + std::to_string(nargs) +
+                      " were passed");
+    const size_t want[] = {sizeof(A)..., 0};
+    for (int i = 0; i < nargs; ++i)
+        if (size_t(sizes[i]) != want[i])
+            return report("argument " + std::to_string(i) + " is " + std::to_string(want[i]) +
+                          " bytes in the kernel's signature but a " + std::to_string(sizes[i]) +
+                          "-byte value was passed (pass np.int32 / np.float32 / arrays explicitly)");
+    const unsigned n = block[0] * block[1] * block[2];
+    if (n == 0 || n > 1024) return report("a block must have 1 to 1024 threads, not " + std::to_string(n));
+    if (block[2] > 64) return report("blockDim.z is at most 64");
+    if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0) return report("every grid dimension must be at least 1");
+    if (grid[1] > 65535 || grid[2] > 65535) return report("gridDim.y and gridDim.z are at most 65535");
+
+    Job<A...> job{kernel, unpack<A...>(args, std::index_sequence_for<A...>{})};
+    body = &Job<A...>::run;
+    body_arg = &job;
+    block_dim = {block[0], block[1], block[2]};
+    grid_dim = {grid[0], grid[1], grid[2]};
+    error.clear();
+    exchange.assign(size_t((n + 31) / 32) * 32 * kSlotWords, 0);
+
+    std::vector<Fiber> fibers(n);
+    for (auto& f : fibers) {
+        void* p = mmap(nullptr, kStack + kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return report("out of memory for thread stacks");
+        mprotect(p, kPage, PROT_NONE);
+        f.stack = static_cast<char*>(p);
+    }
+    const int rc = schedule(fibers, grid, block);
+    for (auto& f : fibers) munmap(f.stack, kStack + kPage);
+    cur = nullptr;
+    if (rc) return report(error);
+    return 0;
+}
+
+// TF32: round to nearest, ties away from zero, keeping 10 mantissa bits (cvt.rna.tf32.f32).
+inline unsigned tf32_rna(float x) {
+    unsigned u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf, nan
+    return (u + 0x1000u) & 0xffffe000u;
+}
+
+inline float tf32_value(unsigned u) {  // the tensor core reads only the TF32 bits
+    u &= 0xffffe000u;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+}  // namespace hostemu
+
+#define threadIdx (hostemu::cur->tid)
+#define blockIdx (hostemu::block_idx)
+#define blockDim (hostemu::block_dim)
+#define gridDim (hostemu::grid_dim)
+#define warpSize 32
+
+inline void __syncthreads() { hostemu::suspend(hostemu::Wait::block); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    hostemu::full_mask(mask, "__syncwarp");
+    hostemu::suspend(hostemu::Wait::warp);
+}
+
+namespace hostemu {
+template <class T>
+T shuffle(unsigned mask, T v, unsigned src, const char* what) {
+    static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
+    full_mask(mask, what);
+    uint64_t* mine = slot(cur->warp, cur->lane);
+    memcpy(mine, &v, sizeof(T));
+    __syncwarp();
+    T out;
+    memcpy(&out, slot(cur->warp, src), sizeof(T));
+    __syncwarp();
+    return out;
+}
+}  // namespace hostemu
+
+template <class T>
+T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+    unsigned lane = hostemu::cur->lane, base = lane - lane % unsigned(width);
+    return hostemu::shuffle(mask, v, base + unsigned(src_lane) % unsigned(width), "__shfl_sync");
+}
+template <class T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    unsigned lane = hostemu::cur->lane, src = lane + delta;
+    if (src % unsigned(width) < lane % unsigned(width) || src / unsigned(width) != lane / unsigned(width)) src = lane;
+    return hostemu::shuffle(mask, v, src, "__shfl_down_sync");
+}
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    unsigned lane = hostemu::cur->lane, src = lane ^ unsigned(lane_mask);
+    if (src / unsigned(width) != lane / unsigned(width)) src = lane;
+    return hostemu::shuffle(mask, v, src, "__shfl_xor_sync");
+}
+
+// One thread runs at a time, so atomics are plain read-modify-writes.
+template <class T>
+T atomicAdd(T* p, T v) {
+    T old = *p;
+    *p = old + v;
+    return old;
+}
+inline int atomicMax(int* p, int v) {
+    int old = *p;
+    if (v > old) *p = v;
+    return old;
+}
+
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
+template <class T>
+T __ldg(const T* p) { return *p; }
+inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
+inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+template <class T, class U>
+auto min(T a, U b) -> std::common_type_t<T, U> { return b < a ? b : a; }
+template <class T, class U>
+auto max(T a, U b) -> std::common_type_t<T, U> { return a < b ? b : a; }
+
+namespace hostemu {
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, D = A B + D, with the PTX ISA's fragment
+// layout (g = lane / 4, t = lane % 4): a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);
+// b0 (k=t, n=g), b1 (k=t+4, n=g); d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1).
+inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    uint64_t* mine = slot(cur->warp, cur->lane);
+    for (int i = 0; i < 4; ++i) mine[i] = a[i];
+    for (int i = 0; i < 2; ++i) mine[4 + i] = b[i];
+    __syncwarp();
+    float A[16][8], B[8][8];
+    for (unsigned l = 0; l < 32; ++l) {
+        const uint64_t* s = slot(cur->warp, l);
+        unsigned g = l / 4, t = l % 4;
+        A[g][t] = tf32_value(unsigned(s[0]));
+        A[g + 8][t] = tf32_value(unsigned(s[1]));
+        A[g][t + 4] = tf32_value(unsigned(s[2]));
+        A[g + 8][t + 4] = tf32_value(unsigned(s[3]));
+        B[t][g] = tf32_value(unsigned(s[4]));
+        B[t + 4][g] = tf32_value(unsigned(s[5]));
+    }
+    __syncwarp();
+    unsigned g = cur->lane / 4, t = cur->lane % 4;
+    const unsigned rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (int i = 0; i < 4; ++i) {
+        float acc = d[i];
+        for (int k = 0; k < 8; ++k) acc += A[rows[i]][k] * B[k][cols[i]];
+        d[i] = acc;
+    }
+}
+}  // namespace hostemu

@@ -1,0 +1,160 @@
+"""Run the CUDA C kernels of kernels/ on the CPU (GPUCNN_CUPY_EMULATE=1): the CuPy backend's test mode.
+
+A stand-in for ``cupy.RawModule`` with the same use: build a module from one
+kernels/*.cu file and a list of name expressions (template instances), then
+``module.get_function(name)(grid, block, args)``. The source is compiled as
+C++20 by the machine's g++ with hostemu.h force-included (CUDA threads become
+fibers, see that file), plus one ``extern "C"`` entry point per name
+expression, into a shared library cached under ~/.cache/gpucnn/hostemu.
+
+Arguments are NumPy arrays (passed as pointers) and NumPy scalars of the
+kernel's parameter types; a Python int or float is refused, because CuPy would
+pass it with a width of its own choosing. Each entry point checks the argument
+count and every argument's size against the kernel's signature, and the launch
+geometry against CUDA's limits, before any thread runs.
+
+Arrays allocated by ``guarded_empty`` carry canary margins on both sides; after
+every launch the margins of each such array among the arguments are checked,
+so a kernel writing out of bounds fails loudly (a small memcheck).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HEADER = Path(__file__).with_name("hostemu.h")
+CANARY = np.uint32(0x7FA1B2C3)  # a NaN pattern no kernel writes by accident
+MARGIN = 64  # elements on each side
+
+
+class EmulationError(RuntimeError):
+    """A kernel failed under emulation: bad arguments or geometry, a barrier misuse, an out-of-bounds write."""
+
+
+def compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def _cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "gpucnn" / "hostemu"
+
+
+def _sources(source: Path) -> list[Path]:
+    return [HEADER, source, *sorted(source.parent.glob("*.cuh"))]
+
+
+class Module:
+    """One kernels/*.cu file compiled for the host, with its template instances."""
+
+    FLAGS = ("-std=c++20", "-O2", "-fPIC", "-shared", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function",
+             "-Wno-unused-variable", "-Werror=return-type")
+
+    def __init__(self, source: Path, name_expressions: list[str]):
+        self.source = Path(source)
+        self.names = list(name_expressions)
+        cxx = compiler()
+        if cxx is None:
+            raise EmulationError("GPUCNN_CUPY_EMULATE=1 needs a C++20 compiler (g++) to build the kernels for the CPU")
+        wrapper = [f'#include "{self.source.resolve()}"']
+        for i, name in enumerate(self.names):
+            wrapper.append(
+                f'extern "C" int gpucnn_entry_{i}(const unsigned* g, const unsigned* b, void** a, const long* s, '
+                f"int n, char* e, int el) {{ return hostemu::launch(&{name}, g, b, a, s, n, e, el); }}")
+        code = "\n".join(wrapper) + "\n"
+        key = hashlib.sha256()
+        for p in _sources(self.source):
+            key.update(p.read_bytes())
+        key.update(code.encode())
+        key.update(" ".join((cxx,) + self.FLAGS).encode())
+        lib = _cache_dir() / f"{self.source.stem}-{key.hexdigest()[:20]}.so"
+        if not lib.exists():
+            lib.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                cpp = Path(tmp) / "entry.cpp"
+                cpp.write_text(code)
+                out = Path(tmp) / lib.name
+                cmd = [cxx, *self.FLAGS, "-include", str(HEADER), f"-I{self.source.parent}", str(cpp), "-o", str(out)]
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                if r.returncode:
+                    raise EmulationError(f"g++ could not build {self.source.name} for the CPU:\n{r.stderr[-6000:]}")
+                os.replace(out, lib)  # atomic: parallel test workers may race here
+        self._lib = ctypes.CDLL(str(lib))
+        self._functions = {}
+
+    def get_function(self, name: str) -> "Function":
+        if name not in self._functions:
+            if name not in self.names:
+                raise EmulationError(f"{name!r} is not among the name expressions {self.source.name} was built with")
+            entry = getattr(self._lib, f"gpucnn_entry_{self.names.index(name)}")
+            entry.restype = ctypes.c_int
+            self._functions[name] = Function(name, entry)
+        return self._functions[name]
+
+
+def _as_arg(a):
+    """(ctypes value, size in bytes) for one kernel argument."""
+    if isinstance(a, np.ndarray):
+        return ctypes.c_void_p(a.ctypes.data), 8
+    if isinstance(a, np.generic):
+        raw = ctypes.create_string_buffer(a.tobytes(), a.nbytes)
+        return raw, a.nbytes
+    if a is None:
+        return ctypes.c_void_p(0), 8
+    raise EmulationError(f"kernel argument {a!r} of type {type(a).__name__}: pass NumPy arrays or NumPy scalars "
+                         "(np.int32, np.float32, ...) so its width is explicit")
+
+
+class Function:
+    """A kernel: call with (grid, block, args) like a cupy.RawKernel."""
+
+    def __init__(self, name, entry):
+        self.name = name
+        self._entry = entry
+
+    def __call__(self, grid, block, args, shared_mem=0, stream=None):
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        block = tuple(block) + (1,) * (3 - len(block))
+        if shared_mem:
+            raise EmulationError("dynamic shared memory is not emulated; the kernels use static __shared__ arrays")
+        packed = [_as_arg(a) for a in args]
+        n = len(packed)
+        ptrs = (ctypes.c_void_p * max(n, 1))(*[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v, _ in packed])
+        sizes = (ctypes.c_long * max(n, 1))(*[s for _, s in packed])
+        err = ctypes.create_string_buffer(1024)
+        rc = self._entry((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), ptrs, sizes, n, err, 1024)
+        if rc:
+            raise EmulationError(f"{self.name} <<<{grid}, {block}>>>: {err.value.decode()}")
+        for a in args:
+            if isinstance(a, np.ndarray):
+                check_guards(a, self.name)
+
+
+def guarded_empty(shape, dtype=np.float32):
+    """An uninitialised array with canary margins either side (checked after each launch)."""
+    shape = tuple(int(s) for s in shape)
+    dtype = np.dtype(dtype)
+    if dtype.itemsize != 4:
+        return np.empty(shape, dtype)
+    size = int(np.prod(shape, dtype=np.int64))
+    raw = np.empty(size + 2 * MARGIN, np.uint32)
+    raw[:MARGIN] = CANARY
+    raw[MARGIN + size:] = CANARY
+    return raw[MARGIN:MARGIN + size].view(dtype).reshape(shape)
+
+
+def check_guards(a: np.ndarray, who: str) -> None:
+    base = a
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    if base.dtype != np.uint32 or base.ndim != 1 or base.size < 2 * MARGIN or a.size + 2 * MARGIN != base.size:
+        return
+    if not (np.all(base[:MARGIN] == CANARY) and np.all(base[-MARGIN:] == CANARY)):
+        raise EmulationError(f"{who} wrote outside an output array of shape {a.shape} (canary margin overwritten)")

@@ -1,0 +1,112 @@
+// common.cuh: what every gpucnn kernel file shares.
+//
+// Compiled three ways: by NVRTC through cupy.RawModule on a GPU machine, by nvcc in the tests
+// (sm_80 and sm_90, spill check), and as host C++ by g++ with gpucnn/backends/cupy/hostemu.h
+// force-included (GPUCNN_HOSTEMU defined) so the kernels run on a CPU in CI. Keep to the CUDA C
+// subset hostemu.h provides; no headers beyond this one (NVRTC finds no system headers).
+#pragma once
+
+#ifndef GPUCNN_HOSTEMU
+typedef unsigned int uint32_t;
+typedef unsigned long long uint64_t;
+#endif
+
+#define GPUCNN_THREADS 256  // threads per block of every tiled kernel
+
+// One thread per element, striding over the grid: for (int i = first; i < n; i += stride).
+#define GRID_STRIDE_LOOP(i, n) \
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += blockDim.x * gridDim.x)
+
+__device__ __forceinline__ unsigned umulhi32(unsigned a, unsigned b) {
+#ifdef GPUCNN_HOSTEMU
+    return unsigned((uint64_t(a) * uint64_t(b)) >> 32);
+#else
+    return __umulhi(a, b);
+#endif
+}
+
+// Integer division by a divisor fixed for the whole kernel, as a multiply-high and a shift
+// (Granlund & Montgomery): q = umulhi(x, mul) >> shr, exact for 0 <= x < 2^31 and d >= 1.
+// Built once per thread from a kernel argument; the index arithmetic of implicit GEMM divides
+// by R*S, S, P*Q, Q, ... for every element it loads.
+struct FastDiv {
+    unsigned d, mul, shr;
+    __device__ __forceinline__ explicit FastDiv(int divisor) : d(unsigned(divisor)) {
+        if (d <= 1) {
+            mul = 0;
+            shr = 0;
+        } else {
+            unsigned l = 0;
+            while ((1u << l) < d) ++l;  // ceil(log2 d)
+            mul = unsigned(((uint64_t(1) << (31 + l)) + d - 1) / d);
+            shr = l - 1;
+        }
+    }
+    __device__ __forceinline__ int div(int x) const { return d <= 1 ? x : int(umulhi32(unsigned(x), mul) >> shr); }
+    // q = x / d and r = x % d
+    __device__ __forceinline__ void divmod(int x, int& q, int& r) const {
+        q = div(x);
+        r = x - q * int(d);
+    }
+};
+
+// TF32 tensor cores (sm_80+): round an FP32 value to TF32, and one warp-wide
+// D(16x8) += A(16x8) B(8x8) product with FP32 accumulation.
+__device__ __forceinline__ unsigned to_tf32(float x) {
+#ifdef GPUCNN_HOSTEMU
+    return hostemu::tf32_rna(x);
+#else
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#endif
+}
+
+__device__ __forceinline__ void mma_tf32_16x8x8(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#ifdef GPUCNN_HOSTEMU
+    hostemu::mma_m16n8k8_tf32(d, a, b);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;  // complete in lane 0
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+    return v;  // complete in lane 0
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); the result is returned to
+// every thread. `scratch` is a __shared__ float[32] of the caller. Every thread must call it.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? scratch[lane] : 0.f;
+    if (warp == 0) v = warp_sum(v);
+    if (threadIdx.x == 0) scratch[0] = v;
+    __syncthreads();
+    return scratch[0];
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? scratch[lane] : -INFINITY;
+    if (warp == 0) v = warp_max(v);
+    if (threadIdx.x == 0) scratch[0] = v;
+    __syncthreads();
+    return scratch[0];
+}

@@ -106,17 +106,35 @@ class Model:
             raise TypeError(f"model is {self.dtype} but the input is {np.dtype(x.dtype)}; convert it with "
                             f".astype(np.{self.dtype})")
 
-    def forward(self, x, training: bool = False, logits: bool = False):
+    def get_layer(self, name: str) -> Layer:
+        """The layer called `name` (ValueError listing the model's layers if there is none)."""
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"model {self.name!r} has no layer {name!r}; its layers are "
+                         f"{[layer.name for layer in self.layers]}")
+
+    def forward(self, x, training: bool = False, logits: bool = False, outputs=None):
         """Run the graph on a batch x (an array of the current backend, or a host array).
 
         logits=True stops before a final softmax (a Softmax layer or a Dense
         with activation='softmax'): what softmax_cross_entropy wants.
+        outputs: a layer name, or a list of names, to return those layers'
+        outputs instead (an array, or a dict name -> array), running only the
+        part of the graph they depend on (feature maps, activation maximization).
         """
+        wanted = None
+        if outputs is not None:
+            names = [outputs] if isinstance(outputs, str) else list(outputs)
+            wanted = [self.get_layer(name)._node for name in names]
+            needed = {id(n) for node in wanted for n in _topological(node)}
         self._check_input(x)
         self._place()
         x = F.asarray(x) if backend.current_backend() != "numpy" else x
         values = {id(self.input): x}
         for node in self.nodes[1:]:
+            if wanted is not None and id(node) not in needed:
+                continue
             layer = node.layer
             inputs = [values[id(n)] for n in node.inbound]
             arg = inputs if layer.merge else inputs[0]
@@ -125,20 +143,28 @@ class Model:
             else:
                 values[id(node)] = layer.forward(arg, training)
         self._logits = logits
+        if wanted is not None:
+            return values[id(wanted[0])] if isinstance(outputs, str) else {
+                name: values[id(node)] for name, node in zip(names, wanted)}
         return values[id(self.output)]
 
     __call__ = forward
 
-    def backward(self, dlogits, input_grad: bool = True):
+    def backward(self, dlogits, input_grad: bool = True, output: str | None = None):
         """Backpropagate from the gradient of the output of the last forward.
 
         When that forward ran with logits=True, dlogits is the gradient with
         respect to the logits (before the final softmax). Stores every
         layer's gradients (see grads()) and returns dx for the input, or None
         with input_grad=False (training skips the first layer's data gradient).
+        output: a layer name: dlogits is then the gradient with respect to that
+        layer's output (computed by the last forward), and only the layers it
+        depends on are run backward.
         """
-        grads = {id(self.output): dlogits}
-        for node in reversed(self.nodes[1:]):
+        start = self.output if output is None else self.get_layer(output)._node
+        nodes = self.nodes[1:] if output is None else _topological(start)[1:]
+        grads = {id(start): dlogits}
+        for node in reversed(nodes):
             dy = grads.pop(id(node))
             layer = node.layer
             layer.input_grad = input_grad or self.input not in node.inbound

@@ -1,4 +1,4 @@
-"""The gpucnn command: train, summary, info."""
+"""The gpucnn command: train, summary, info, viz."""
 from __future__ import annotations
 
 import argparse
@@ -73,6 +73,108 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _viz_image(spec: str, model):
+    """--image digits:INDEX (the bundled digits) or an image FILE, as one (C, H, W) input for the model."""
+    if spec.startswith("digits:"):
+        from . import data
+        x, y = data.load_digits()
+        index = spec.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= len(x):
+            raise SystemExit(f"gpucnn: --image digits:INDEX needs an INDEX in 0..{len(x) - 1}, got {spec!r}")
+        img, label = x[int(index)], int(y[int(index)])
+        if img.shape != model.input_shape:
+            raise SystemExit(f"gpucnn: the digits are {img.shape} images but the model takes {model.input_shape}")
+        return img.astype(model.dtype), f"digits[{index}], label {label}"
+    from pathlib import Path
+    if not Path(spec).is_file():
+        raise SystemExit(f"gpucnn: --image {spec!r}: no such file (or use digits:INDEX)")
+    from skimage import color, io, transform, util
+    try:
+        img = util.img_as_float(io.imread(spec))
+    except Exception as e:
+        raise SystemExit(f"gpucnn: cannot read image {spec!r}: {e}") from None
+    c, h, w = model.input_shape
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = color.rgba2rgb(img)
+    if c == 1 and img.ndim == 3:
+        img = color.rgb2gray(img)
+    if c == 3 and img.ndim == 2:
+        img = color.gray2rgb(img)
+    if c not in (1, 3):
+        raise SystemExit(f"gpucnn: the model takes {c}-channel inputs; image files give 1 or 3 channels")
+    img = transform.resize(img, (h, w), anti_aliasing=True)
+    img = img[None] if c == 1 else img.transpose(2, 0, 1)
+    return np.ascontiguousarray(img, dtype=model.dtype), Path(spec).name
+
+
+def _viz_embedding_data(args, model):
+    """Labelled inputs for the embedding: the held-out digits, or --dataset mnist|cifar10 DIR (test set)."""
+    from . import data
+    if args.dataset:
+        name, rest = args.dataset[0], args.dataset[1:]
+        if name not in ("mnist", "cifar10") or len(rest) != 1:
+            raise SystemExit("gpucnn: --dataset takes 'mnist DIR' or 'cifar10 DIR'")
+        x, y = (data.load_mnist if name == "mnist" else data.load_cifar10)(rest[0], "test")
+    elif model.input_shape == (1, 8, 8):
+        x, y = data.load_digits()
+        x, y = data.train_test_split(x, y, test_size=0.2, seed=0)[1::2]
+    else:
+        raise SystemExit(f"gpucnn: the embedding needs labelled inputs of shape {model.input_shape}: "
+                         "--dataset mnist DIR or --dataset cifar10 DIR")
+    if tuple(x.shape[1:]) != model.input_shape:
+        raise SystemExit(f"gpucnn: the dataset's images are {tuple(x.shape[1:])}, the model takes {model.input_shape}")
+    return x[:args.samples].astype(model.dtype), y[:args.samples]
+
+
+def cmd_viz(args) -> int:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+
+    import gpucnn
+    from . import viz
+    from .layers import Conv2D
+    try:
+        model = gpucnn.load_model(args.model)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"gpucnn: --model {args.model}: {e}") from None
+    x, what = _viz_image(args.image, model)
+    X, labels = _viz_embedding_data(args, model)
+    backend = gpucnn.use_backend(args.backend).name
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    probs = gpucnn.functional.to_numpy(model.forward(x[None]))[0]
+    target = int(np.argmax(probs)) if args.target is None else args.target
+    title = f"{what}: class {target} (p = {probs[target]:.2f}), {model.name} on {backend}"
+    convs = [layer.name for layer in model.layers if isinstance(layer, Conv2D)]
+    layer = args.layer or (convs[-1] if convs else viz.last_hidden_layer(model))
+    units = model.get_layer(layer).output_shape[0]
+    n = min(8, units)
+    patch = args.patch or max(1, min(model.input_shape[1:]) // 4)
+    figures = {
+        "filters": lambda: viz.plot_filters(viz.filters(model), title=f"{model.name}: first-layer filters"),
+        "feature_maps": lambda: viz.plot_feature_maps(viz.feature_maps(model, x), image=x, title=title),
+        "saliency": lambda: viz.plot_saliency(x, viz.saliency(model, x, target=target), title=title),
+        "occlusion": lambda: viz.plot_occlusion(x, viz.occlusion(model, x, patch, args.stride, target=target),
+                                                patch, args.stride, title=title),
+        "activation_maximization": lambda: viz.plot_activation_maximization(
+            [viz.activation_maximization(model, layer, u, steps=args.steps, lr=args.lr, seed=args.seed)
+             for u in range(n)], titles=[f"{layer}[{u}]" for u in range(n)],
+            title=f"inputs that maximize units of {layer}"),
+        f"embedding_{args.method}": lambda: viz.plot_embedding(
+            viz.embed(model, X, method=args.method, seed=args.seed), labels,
+            title=f"{viz.last_hidden_layer(model)} of {len(X)} held-out images, {args.method.upper()}"),
+    }
+    for kind, draw in figures.items():
+        fig = draw()
+        path = out / f"{kind}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .backend import AUTO_ORDER
     from .models import ZOO
@@ -100,6 +202,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="which backends work here, and why not")
     i.set_defaults(func=cmd_info)
+
+    v = sub.add_parser("viz", help="what a saved model sees: one PNG per kind (filters, feature maps, saliency, "
+                                   "occlusion, activation maximization, embedding)")
+    v.add_argument("--model", required=True, metavar="PATH", help="a model saved with Model.save / train --save")
+    v.add_argument("--image", required=True, metavar="digits:INDEX|FILE", help="a bundled digit or an image file")
+    v.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs (created)")
+    v.add_argument("--target", type=int, help="class for saliency and occlusion (default: the predicted one)")
+    v.add_argument("--patch", type=int, help="occlusion patch side (default: a quarter of the image side)")
+    v.add_argument("--stride", type=int, default=1, help="occlusion stride (default 1)")
+    v.add_argument("--layer", help="layer for activation maximization (default: the last Conv2D)")
+    v.add_argument("--steps", type=int, default=100, help="activation maximization steps (default 100)")
+    v.add_argument("--lr", type=float, default=0.05, help="activation maximization step, in pixels (default 0.05)")
+    v.add_argument("--method", choices=["pca", "tsne"], default="pca", help="embedding method (default pca)")
+    v.add_argument("--samples", type=int, default=500, help="images in the embedding (default 500)")
+    v.add_argument("--dataset", nargs=2, metavar=("NAME", "DIR"),
+                   help="embedding data for non-digits models: mnist DIR | cifar10 DIR (test set)")
+    v.add_argument("--backend", default="auto", choices=sorted(AUTO_ORDER) + ["auto"])
+    v.add_argument("--seed", type=int, default=0)
+    v.set_defaults(func=cmd_viz)
     return p
 
 

@@ -127,7 +127,10 @@ def _viz_embedding_data(args, model):
 
 
 def cmd_viz(args) -> int:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("gpucnn viz draws with matplotlib: pip install 'gpucnn[notebooks]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from pathlib import Path
@@ -151,7 +154,7 @@ def cmd_viz(args) -> int:
     layer = args.layer or (convs[-1] if convs else viz.last_hidden_layer(model))
     units = model.get_layer(layer).output_shape[0]
     n = min(8, units)
-    patch = args.patch or max(1, min(model.input_shape[1:]) // 4)
+    patch = args.patch or max(1, round(min(model.input_shape[1:]) * 3 / 8))
     figures = {
         "filters": lambda: viz.plot_filters(viz.filters(model), title=f"{model.name}: first-layer filters"),
         "feature_maps": lambda: viz.plot_feature_maps(viz.feature_maps(model, x), image=x, title=title),
@@ -209,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--image", required=True, metavar="digits:INDEX|FILE", help="a bundled digit or an image file")
     v.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs (created)")
     v.add_argument("--target", type=int, help="class for saliency and occlusion (default: the predicted one)")
-    v.add_argument("--patch", type=int, help="occlusion patch side (default: a quarter of the image side)")
+    v.add_argument("--patch", type=int, help="occlusion patch side (default: 3/8 of the image side, 3 on the digits)")
     v.add_argument("--stride", type=int, default=1, help="occlusion stride (default 1)")
     v.add_argument("--layer", help="layer for activation maximization (default: the last Conv2D)")
     v.add_argument("--steps", type=int, default=100, help="activation maximization steps (default 100)")

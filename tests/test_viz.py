@@ -386,6 +386,7 @@ def test_cli_viz_takes_an_image_file(saved_digits_model, tmp_path):
 @pytest.mark.parametrize("spec,message", [("digits:5000", "digits:INDEX"), ("digits:x", "digits:INDEX"),
                                           ("/no/such/file.png", "no such")])
 def test_cli_viz_bad_image(saved_digits_model, tmp_path, spec, message, capsys):
+    pytest.importorskip("matplotlib")
     from gpucnn import cli
     with pytest.raises(SystemExit) as e:
         cli.main(["viz", "--model", str(saved_digits_model), "--image", spec, "--out", str(tmp_path)])

@@ -1,4 +1,4 @@
-"""The gpucnn command: train, summary, info, viz."""
+"""The gpucnn command: train, summary, info, viz, bench."""
 from __future__ import annotations
 
 import argparse
@@ -178,6 +178,26 @@ def cmd_viz(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from . import bench
+    from .config import tf32
+    ops = args.op or list(bench.OPS)
+    with tf32(args.tf32):
+        doc = bench.run(backends=args.backend, ops=ops, models=[] if args.step_only else args.model,
+                        batches=args.batch, sweep=args.sweep and not args.step_only, reference=not args.no_reference,
+                        min_repeats=args.repeats, step=not args.no_step, step_models=args.model,
+                        step_batch=args.step_batch,
+                        progress=not args.no_progress, command="gpucnn " + " ".join(sys.argv[1:]))
+    print(bench.format_table(doc))
+    if not doc["settings"]["backends_timed"]:
+        print("gpucnn bench: no backend could be timed here (see 'skipped' above)", file=sys.stderr)
+        return 1
+    if args.out:
+        for path in bench.write_results(doc, args.out):
+            print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .backend import AUTO_ORDER
     from .models import ZOO
@@ -224,6 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--backend", default="auto", choices=sorted(AUTO_ORDER) + ["auto"])
     v.add_argument("--seed", type=int, default=0)
     v.set_defaults(func=cmd_viz)
+
+    b = sub.add_parser("bench", help="time every op x backend x shape (and whole training steps) beside PyTorch; "
+                                     "a table here, JSON + markdown + roofline PNG in --out")
+    b.add_argument("--backend", nargs="+", choices=["numpy", "numba", "cupy"],
+                   help="backends to time (default: every one that runs here; a simulator is never timed)")
+    b.add_argument("--op", nargs="+", choices=["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
+                                               "relu", "relu_backward"], help="ops to time (default: all)")
+    b.add_argument("--model", nargs="+", choices=["cifar10_vgg", "mnist_cnn"], default=["cifar10_vgg", "mnist_cnn"],
+                   help="nets whose conv, pool and ReLU shapes are timed (default: both)")
+    b.add_argument("--batch", nargs="+", type=int, default=[1, 32, 128], help="batch sizes (default 1 32 128)")
+    b.add_argument("--sweep", action="store_true", help="add a size sweep (H = W from 8 to 128)")
+    b.add_argument("--repeats", type=int, default=10, help="at least this many timed repeats per case (default 10)")
+    b.add_argument("--step-batch", type=int, default=128, help="batch of the whole-training-step benchmark (128)")
+    b.add_argument("--no-step", action="store_true", help="skip the whole-training-step benchmark")
+    b.add_argument("--step-only", action="store_true", help="only the whole-training-step benchmark")
+    b.add_argument("--no-reference", action="store_true", help="do not time PyTorch beside gpucnn")
+    b.add_argument("--tf32", action="store_true", help="run with gpucnn.config.allow_tf32 (CuPy backend; "
+                                                       "PyTorch's TF32 switches follow it)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--out", metavar="DIR", help="write <date>_<device>.json, .md and _roofline.png here")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

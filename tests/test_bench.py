@@ -1,0 +1,201 @@
+"""The benchmark harness itself: its counts, its arithmetic, its files, and that it never passes a CPU time off as GPU."""
+import json
+
+import numpy as np
+import pytest
+
+from gpucnn import bench, models
+from gpucnn.bench import CPU_CLOCK, GPU_CLOCK, Case, GpuFigureError
+
+
+# --------------------------------------------------------------------------- counts against hand counts
+
+def test_conv_counts_by_hand():
+    # x 2x3x5x5, 4 filters 3x3, padding 1: output 2x4x5x5 = 200 values, each 27 multiply-adds
+    c = Case("conv2d", 2, 3, 5, 5, k=4, r=3, s=3, pad=1)
+    assert c.out_hw == (5, 5)
+    assert c.flops == 2 * 200 * 27 + 200 == 11_000          # products+sums, one bias add per output
+    assert c.bytes == 4 * (150 + 108 + 4 + 200) == 1_848    # x, w, b read; y written
+    b = Case("conv2d_backward", 2, 3, 5, 5, k=4, r=3, s=3, pad=1)
+    assert b.flops == 21_800                                 # dx 10,800 + dw 10,800 + db 200
+    assert b.bytes == 4 * (200 + 150 + 108 + 150 + 108 + 4) == 2_880
+
+
+def test_counts_of_the_spec_examples():
+    # the 8x8 image, 3x3 kernel, stride 2: a 3x3 output, 9 outputs of 9 multiply-adds
+    c = Case("conv2d", 1, 1, 8, 8, k=1, r=3, s=3, stride=2)
+    assert c.out_hw == (3, 3) and c.flops == 171
+    # 2x2 max pool of a 4x4 plane: 4 outputs, 3 comparisons each; 16 read, 4 written
+    p = Case("max_pool2d", 1, 1, 4, 4, r=2, s=2, stride=2)
+    assert (p.flops, p.bytes) == (12, 80)
+    assert Case("max_pool2d_backward", 1, 1, 4, 4, r=2, s=2, stride=2).bytes == 80
+    r = Case("relu", 2, 3, 4, 5)
+    assert (r.flops, r.bytes) == (120, 960)
+    assert Case("relu_backward", 2, 3, 4, 5).bytes == 1_440
+
+
+def test_model_cases_are_the_zoo_shapes():
+    cases = bench.model_cases(["cifar10_vgg"], batches=(1,))
+    convs = [c for c in cases if c.op == "conv2d"]
+    assert [(c.c, c.h, c.k) for c in convs] == [(3, 32, 32), (32, 32, 32), (32, 16, 64), (64, 16, 64),
+                                                (64, 8, 128), (128, 8, 128)]
+    # the layers' own per-sample FLOPs (2*MAC + bias + ReLU) less the ReLU: 6 convs of the SPEC's ~78 MFLOP net
+    net = models.cifar10_vgg()
+    layer_flops = sum(layer.flops() - int(np.prod(layer.output_shape)) for layer in net.layers
+                      if type(layer).__name__ == "Conv2D")
+    assert sum(c.flops for c in convs) == layer_flops
+    assert len([c for c in cases if c.op == "max_pool2d"]) == 3
+    assert {c.n for c in bench.model_cases(["mnist_cnn"], batches=(1, 32))} == {1, 32}
+    with pytest.raises(ValueError, match="models"):
+        bench.model_cases(["lenet_like"])
+
+
+# --------------------------------------------------------------------------- median, rates, percentages
+
+def test_median():
+    assert bench.median([3.0, 1.0, 2.0]) == 2.0
+    assert bench.median([4, 1, 3, 2]) == 2.5
+    assert bench.median([7.5]) == 7.5
+    with pytest.raises(ValueError):
+        bench.median([])
+
+
+def test_rates_and_percentages_of_the_ceilings():
+    ceil = {"fp32_flop_per_s": 8e9, "tf32_flop_per_s": 16e9, "copy_byte_per_s": 4e9}
+    r = bench.rates(2e9, 1e9, 0.5, ceil)
+    assert r["flop_per_s"] == 4e9 and r["byte_per_s"] == 2e9 and r["intensity"] == 2.0
+    assert r["pct_peak_flops"] == pytest.approx(50.0) and r["pct_peak_bandwidth"] == pytest.approx(50.0)
+    assert bench.rates(2e9, 1e9, 0.5, ceil, tf32=True)["pct_peak_flops"] == pytest.approx(25.0)
+    assert bench.rates(0, 1e9, 0.25, ceil)["pct_peak_flops"] is None        # no FLOPs: no percentage
+    assert bench.rates(1, 1, 1, None)["pct_peak_bandwidth"] is None          # no ceiling measured
+    with pytest.raises(ValueError):
+        bench.rates(1, 1, 0.0, ceil)
+
+
+class ScriptedTimer:
+    """Returns scripted times and records which input copy each call received."""
+
+    def __init__(self, times, device="cpu", clock=CPU_CLOCK):
+        self.times, self.device, self.clock = list(times), device, clock
+
+    def sync(self):
+        pass
+
+    def time_ms(self, fn):
+        fn()
+        return self.times.pop(0)
+
+
+def test_measure_excludes_first_call_and_warmup_and_rotates_inputs():
+    seen = []
+    inputs = [(i,) for i in range(3)]
+    timer = ScriptedTimer([100.0, 90.0] + [5.0, 1.0, 3.0, 2.0, 4.0])   # 2 warm-up, then 5 repeats
+    t = bench.measure(lambda i: seen.append(i), inputs, timer, warmup=2, min_repeats=5, max_repeats=5)
+    assert t.warmup_ms == [100.0, 90.0] and t.times_ms == [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert t.median_ms == 3.0                                   # the warm-up's 100 and 90 are not in it
+    assert seen == [0, 1, 2, 0, 1, 2, 0, 1]                     # first call, warm-up, repeats: every copy in turn
+    assert t.device == "cpu" and t.clock == CPU_CLOCK
+
+
+def test_repeats_grow_for_fast_cases():
+    t = bench.measure(lambda: None, [()], ScriptedTimer([0.1] * 60), warmup=1, min_repeats=3, max_repeats=50,
+                      min_time_s=0.002)
+    assert len(t.times_ms) == 20                                # 2 ms of work at 0.1 ms a call
+
+
+# --------------------------------------------------------------------------- no GPU figure without a GPU clock
+
+def test_refuses_a_gpu_label_on_a_cpu_clock():
+    with pytest.raises(GpuFigureError):
+        bench.check_clock("gpu", CPU_CLOCK)
+    with pytest.raises(GpuFigureError):
+        bench.Timing("gpu", CPU_CLOCK, [1.0], 1.0)
+    with pytest.raises(GpuFigureError):   # a timer claiming the GPU but reading the CPU clock
+        bench.measure(lambda: None, [()], ScriptedTimer([1.0] * 3, device="gpu"), warmup=0, min_repeats=2,
+                      max_repeats=2)
+    with pytest.raises(ValueError):
+        bench.check_clock("cpu", GPU_CLOCK)
+    bench.check_clock("gpu", GPU_CLOCK)   # the one way to a GPU figure
+    assert bench.CpuTimer().device == "cpu" and bench.timer_for_backend("numpy").clock == CPU_CLOCK
+
+
+def test_simulated_backend_is_never_timed(monkeypatch):
+    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    names, skipped = bench.plan_backends(["numpy", "numba"])
+    assert names == ["numpy"]
+    assert skipped[0]["backend"] == "numba"
+    with pytest.raises(ValueError, match="simulator"):
+        bench.timer_for_backend("numba")
+
+
+# --------------------------------------------------------------------------- a tiny real run: schema, files, tables
+
+@pytest.fixture(scope="module")
+def doc():
+    return bench.run(backends=["numpy"], ops=["conv2d", "relu"], models=["mnist_cnn"], batches=(2,),
+                     warmup=1, min_repeats=3, max_repeats=3, min_time_s=0, step_batch=4, step_repeats=2,
+                     ceilings_small=True, rotate_bytes=1 << 18, progress=False, command="test")
+
+
+def test_run_document_schema_and_arithmetic(doc):
+    again = json.loads(json.dumps(doc))
+    bench.validate(again)
+    assert again["schema"] == bench.SCHEMA and again["gpu"] is None
+    assert set(again["ceilings"]) == {"cpu"} and again["ceilings"]["cpu"]["tf32_flop_per_s"] is None
+    assert [r["op"] for r in again["cases"]] == ["conv2d", "relu"] * 3
+    ceil = again["ceilings"]["cpu"]
+    for r in again["cases"]:
+        case = Case(r["op"], r["n"], r["c"], r["h"], r["w"], r["k"], r["r"], r["s"], r["stride"], r["pad"])
+        assert (r["flops"], r["bytes"]) == (case.flops, case.bytes)
+        assert r["device"] == "cpu" and r["clock"] == CPU_CLOCK and r["repeats"] == 3
+        assert r["median_ms"] == pytest.approx(bench.median(r["times_ms"]), rel=1e-4)
+        assert r["pct_peak_bandwidth"] == pytest.approx(100 * r["bytes"] / (r["median_ms"] / 1e3)
+                                                        / ceil["copy_byte_per_s"])
+        assert r["rotation"]["copies"] >= 2
+    steps = [r for r in again["train_step"] if "median_ms" in r]
+    assert steps[0]["label"] == "gpucnn numpy"
+    assert steps[0]["images_per_s"] == pytest.approx(4 / (steps[0]["median_ms"] / 1e3))
+    assert all(r["device"] == "cpu" for r in steps)   # no GPU here, so no GPU step figure
+
+
+def test_validate_rejects_a_broken_document(doc):
+    broken = json.loads(json.dumps(doc))
+    del broken["cases"][0]["median_ms"]
+    with pytest.raises(ValueError, match="median_ms"):
+        bench.validate(broken)
+    broken = json.loads(json.dumps(doc))
+    broken["cases"][0]["repeats"] = "3"
+    with pytest.raises(ValueError, match="repeats"):
+        bench.validate(broken)
+
+
+def test_a_cpu_figure_relabelled_gpu_is_refused_everywhere(doc, tmp_path):
+    forged = json.loads(json.dumps(doc))
+    forged["cases"][0]["device"] = "gpu"
+    for fn in (bench.validate, bench.format_table, bench.to_markdown, lambda d: bench.write_results(d, tmp_path)):
+        with pytest.raises(GpuFigureError):
+            fn(forged)
+    assert not list(tmp_path.iterdir())
+
+
+def test_files_and_tables(doc, tmp_path):
+    paths = bench.write_results(doc, tmp_path, plot=False)
+    assert [p.suffix for p in paths] == [".json", ".md"]
+    assert paths[0].name.startswith(doc["created"][:10] + "_cpu-")
+    bench.validate(json.loads(paths[0].read_text()))
+    md = paths[1].read_text()
+    assert "| op | input | backend |" in md and "GPU: none used in this run" in md
+    text = bench.format_table(doc)
+    assert "GPU (CUDA events)" not in text and "mnist_cnn" in text
+
+
+def test_cli_bench_writes_results(tmp_path, capsys):
+    from gpucnn.cli import main
+    assert main(["bench", "--backend", "numpy", "--model", "mnist_cnn", "--batch", "1", "--op", "relu",
+                 "--no-step", "--repeats", "2", "--no-progress", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "relu" in out and "1x32x28x28" in out and "CPU (monotonic clock) ceilings" in out
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert [n.rsplit(".", 1)[1] for n in names] == ["json", "md", "png"]
+    doc = bench.validate(json.loads((tmp_path / names[0]).read_text()))
+    assert {r["shape"] for r in doc["cases"]} == {"1x32x28x28", "1x64x14x14", "1x128x7x7"}

@@ -138,3 +138,140 @@ def ceil_div(a: int, b: int) -> int:
 def grid_1d(n: int, threads: int = THREADS) -> tuple[tuple[int], tuple[int]]:
     """(grid, block) for a grid-stride loop over n elements."""
     return (max(1, min(ceil_div(n, threads), MAX_BLOCKS_1D)),), (threads,)
+
+
+def pointer(a) -> int:
+    """The device address of an array's first element (a host address when emulated)."""
+    return int(a.ctypes.data) if EMULATED else int(a.data.ptr)
+
+
+def aligned(*arrays, bytes_: int = 16) -> bool:
+    """True when every array starts on a `bytes_` boundary (float4 loads need 16)."""
+    return all(pointer(a) % bytes_ == 0 for a in arrays)
+
+
+def in_place(op: str, name: str, a):
+    """An array the op updates in place: it must already be on the device (an upload would update a
+    copy and the caller would never see the change), then the usual checks."""
+    if a is None:
+        return None
+    if not EMULATED and isinstance(a, np.ndarray):  # pragma: no cover - needs a GPU
+        raise TypeError(f"{op}: {name} is updated in place, so on the cupy backend it must be a device array "
+                        "(from gpucnn.functional.asarray under use_backend('cupy')), got a NumPy array")
+    a = device(a)
+    check(op, **{name: a})
+    return a
+
+
+def int_operand(op: str, name: str, a, dtypes=(np.int32, np.int64)):
+    """An integer index array (labels, max-pool indices): on the device and C-contiguous. Kept as is when its
+    dtype is one the kernels are instantiated for, else converted once to the widest (int64)."""
+    a = device(a)
+    if np.dtype(a.dtype) not in [np.dtype(d) for d in dtypes]:
+        a = xp.ascontiguousarray(a, dtype=dtypes[-1])
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{op}: {name} must be C-contiguous for a raw kernel, got strides {a.strides} "
+                         f"for shape {a.shape} (pass an ascontiguousarray copy)")
+    if a.size > INT32_MAX:
+        raise ValueError(f"{op}: {name} has {a.size} elements; the kernels index with 32-bit integers")
+    return a
+
+
+C_TYPES = {np.dtype(np.int32): "int", np.dtype(np.int64): "long long"}
+
+
+def c_type(dtype) -> str:
+    """The C type a kernel template is instantiated with for an integer array dtype."""
+    return C_TYPES[np.dtype(dtype)]
+
+
+# --------------------------------------------------------------------------- multi-tensor tables
+
+class TensorTable:
+    """Device tables for one launch over many tensors (multi-tensor apply).
+
+    ptrs: uint64 (lists, tensors): the address of tensor t of list l at ptrs[l, t] (the kernel reads
+    row l at ptrs + l * tensors). sizes: int32 (tensors,). chunks: int32 (nchunks, 2): (tensor,
+    first element) of each chunk of `chunk` elements; a block (or several, grid-stride) takes chunks
+    in turn, so one launch covers tensors of any sizes and empty tensors cost nothing.
+    """
+
+    def __init__(self, lists, chunk: int):
+        self.tensors = len(lists[0])
+        self.chunk = int(chunk)
+        addresses = np.array([[pointer(a) for a in seq] for seq in lists], np.uint64).reshape(len(lists), -1)
+        sizes = np.array([int(a.size) for a in lists[0]], np.int32)
+        chunk_rows = [(t, start) for t, size in enumerate(sizes.tolist()) for start in range(0, size, self.chunk)]
+        self.nchunks = len(chunk_rows)
+        chunks = np.array(chunk_rows, np.int32).reshape(-1, 2)
+        upload = (lambda a: a) if EMULATED else xp.asarray
+        self.ptrs, self.sizes, self.chunks = upload(addresses), upload(sizes), upload(chunks)
+        self._keep = lists  # the tables hold raw addresses: keep the arrays alive with them
+
+
+_TABLES: dict = {}
+_TABLES_MAX = 8  # a training loop uses one or two parameter lists; a few more for tests and eval
+
+
+def tensor_table(lists, chunk: int) -> TensorTable:
+    """The TensorTable for these lists of same-size arrays, built and uploaded once, then reused.
+
+    Keyed by every array's address and size, so a step with the same parameters finds it (no
+    rebuild, no host-to-device copy), and arrays reallocated elsewhere get a fresh table.
+    """
+    key = (int(chunk), len(lists)) + tuple((pointer(a), int(a.size)) for seq in lists for a in seq)
+    table = _TABLES.get(key)
+    if table is None:
+        if len(_TABLES) >= _TABLES_MAX:
+            _TABLES.pop(next(iter(_TABLES)))
+        table = _TABLES[key] = TensorTable([list(seq) for seq in lists], chunk)
+    return table
+
+
+NULL = np.uint64(0)  # a null pointer argument (an absent bias, no ReLU mask)
+
+
+def ptr(a):
+    """An optional array argument: the array, or a null pointer."""
+    return NULL if a is None else a
+
+
+def aligned16(a) -> bool:
+    address = a.ctypes.data if EMULATED else a.data.ptr
+    return address % 16 == 0
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count() -> int:
+    """Streaming multiprocessors of the current device (4 when emulated, so small tests exercise split-K)."""
+    if EMULATED:
+        return 4
+    return int(xp.cuda.Device().attributes["MultiProcessorCount"])  # pragma: no cover - GPU only
+
+
+# --------------------------------------------------------------------------- GEMM tiles (gemm.cuh)
+
+GEMM_TILES = ((128, 128), (128, 64), (128, 32), (64, 64))  # (BM, BN) instances of gemm::block_tile
+GEMM_BK = 8
+
+
+def gemm_tile(m: int, n: int) -> tuple[int, int]:
+    """(BM, BN) for a GEMM of M x N: the narrowest tile that still fills the N side."""
+    if m <= 64:
+        return 64, 64
+    return 128, (128 if n > 64 else 64 if n > 32 else 32)
+
+
+def gemm_splits(m: int, n: int, k: int, bm: int, bn: int) -> tuple[int, int]:
+    """(splits, K steps per split) for a split-K GEMM: enough blocks for two waves, >= 4 K steps each."""
+    tiles = ceil_div(m, bm) * ceil_div(n, bn)
+    steps = ceil_div(k, GEMM_BK)
+    want = max(1, min(ceil_div(2 * sm_count(), tiles), steps // 4, 64))
+    per = ceil_div(steps, want)
+    return ceil_div(steps, per), per
+
+
+def math_mode() -> str:
+    """'true' when TF32 tensor cores are allowed (gpucnn.config.allow_tf32), as a template argument."""
+    from ... import config
+    return "true" if config.allow_tf32 else "false"

@@ -220,6 +220,12 @@ def max_pool2d(x, kernel, stride, out_shape):
     return y, idx
 
 
+@register("relu_max_pool2d", B)
+def relu_max_pool2d(x, kernel, stride, out_shape):
+    """max_pool2d(relu(x)): the reference for the GPU backends' fused op (not in gpucnn.functional yet)."""
+    return max_pool2d(relu(x), kernel, stride, out_shape)
+
+
 @register("max_pool2d_backward", B)
 def max_pool2d_backward(dy, x, kernel, stride, indices):
     n, c, h, w = x.shape

@@ -1,0 +1,99 @@
+// pool.cu: max pooling (with argmax indices, optionally fused with a preceding ReLU) and average
+// pooling, forward and backward.
+//
+// Arrays (N, C, H, W) are seen as (planes, H, W), planes = N*C; windows kh x kw, stride (sh, sw),
+// no padding, floor (the output P x Q comes resolved from gpucnn.functional). Forward kernels run
+// one thread per output element and backward kernels one thread per input element (grid-stride
+// loops): the backwards gather dy over the windows that contain their element instead of
+// scattering into dx, so there are no atomics and the sums are deterministic.
+#include "common.cuh"
+
+// First output row (column) whose window covers input row h: ceil((h - k + 1) / s), at least 0.
+__device__ __forceinline__ int first_window(int h, int k, int s) { return h >= k ? (h - k + s) / s : 0; }
+// Last one: floor(h / s), at most P-1 (Q-1).
+__device__ __forceinline__ int last_window(int h, int s, int p) { return min(h / s, p - 1); }
+
+// y[pl, oh, ow] = max of the window at (oh*sh, ow*sw) of x[pl]; idx = the flat position h*W+w of its
+// first maximum in row-major window order (only a strictly larger value replaces the running
+// maximum: PyTorch's rule, the NumPy backend's int64 indices). RELU = true pools relu(x) in the same
+// pass (op relu_max_pool2d: y and idx exactly those of max_pool2d(relu(x)); a window of values <= 0
+// gives 0 at its first position).
+template <bool RELU>
+__global__ void max_pool_fwd(const float* __restrict__ x, float* __restrict__ y, long long* __restrict__ idx,
+                             int planes, int h, int w, int p, int q, int kh, int kw, int sh, int sw) {
+    const int n = planes * p * q;
+    GRID_STRIDE_LOOP(t, n) {
+        const int ow = t % q, r = t / q, oh = r % p, pl = r / p;
+        const int h0 = oh * sh, w0 = ow * sw;
+        const float* __restrict__ plane = x + size_t(pl) * h * w;
+        int best_at = h0 * w + w0;
+        float best = plane[best_at];
+        if (RELU) best = best <= 0.f ? 0.f : best;
+        for (int i = 0; i < kh; ++i) {
+            const int row = (h0 + i) * w + w0;
+            for (int j = 0; j < kw; ++j) {
+                float v = plane[row + j];
+                if (RELU) v = v <= 0.f ? 0.f : v;
+                if (v > best) {
+                    best = v;
+                    best_at = row + j;
+                }
+            }
+        }
+        y[t] = best;
+        idx[t] = best_at;
+    }
+}
+
+// dx[pl, h, w] = sum of dy[pl, oh, ow] over the windows containing (h, w) whose recorded index is
+// h*W+w (row-major window order). I: the indices' integer type (int64 from max_pool2d, or int32).
+template <class I>
+__global__ void max_pool_bwd(const float* __restrict__ dy, const I* __restrict__ idx, float* __restrict__ dx,
+                             int planes, int h, int w, int p, int q, int kh, int kw, int sh, int sw) {
+    const int n = planes * h * w;
+    GRID_STRIDE_LOOP(t, n) {
+        const int c = t % w, r = t / w, row = r % h, pl = r / h;
+        const int here = row * w + c;
+        const size_t base = size_t(pl) * p * q;
+        const int oh1 = last_window(row, sh, p), ow0 = first_window(c, kw, sw), ow1 = last_window(c, sw, q);
+        float acc = 0.f;
+        for (int oh = first_window(row, kh, sh); oh <= oh1; ++oh)
+            for (int ow = ow0; ow <= ow1; ++ow) {
+                const size_t o = base + size_t(oh) * q + ow;
+                if (idx[o] == I(here)) acc += dy[o];
+            }
+        dx[t] = acc;
+    }
+}
+
+// y[pl, oh, ow] = (sum of the window, row-major) / (kh*kw), as the NumPy backend divides.
+extern "C" __global__ void avg_pool_fwd(const float* __restrict__ x, float* __restrict__ y, int planes, int h, int w,
+                                        int p, int q, int kh, int kw, int sh, int sw) {
+    const int n = planes * p * q;
+    const float area = float(kh * kw);
+    GRID_STRIDE_LOOP(t, n) {
+        const int ow = t % q, r = t / q, oh = r % p, pl = r / p;
+        const float* __restrict__ win = x + size_t(pl) * h * w + size_t(oh * sh) * w + ow * sw;
+        float acc = 0.f;
+        for (int i = 0; i < kh; ++i)
+            for (int j = 0; j < kw; ++j) acc += win[i * w + j];
+        y[t] = acc / area;
+    }
+}
+
+// dx[pl, h, w] = (sum of dy over the windows containing (h, w)) / (kh*kw); elements no window
+// covers (the floor's leftover rows and columns) get 0.
+extern "C" __global__ void avg_pool_bwd(const float* __restrict__ dy, float* __restrict__ dx, int planes, int h, int w,
+                                        int p, int q, int kh, int kw, int sh, int sw) {
+    const int n = planes * h * w;
+    const float area = float(kh * kw);
+    GRID_STRIDE_LOOP(t, n) {
+        const int c = t % w, r = t / w, row = r % h, pl = r / h;
+        const float* __restrict__ g = dy + size_t(pl) * p * q;
+        const int oh1 = last_window(row, sh, p), ow0 = first_window(c, kw, sw), ow1 = last_window(c, sw, q);
+        float acc = 0.f;
+        for (int oh = first_window(row, kh, sh); oh <= oh1; ++oh)
+            for (int ow = ow0; ow <= ow1; ++ow) acc += g[oh * q + ow];
+        dx[t] = acc / area;
+    }
+}

@@ -33,7 +33,7 @@
 #define __restrict__ __restrict
 #define __shared__ static
 #define __launch_bounds__(...)
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
 
 struct uint3 { unsigned x, y, z; };
 struct alignas(8) float2 { float x, y; };
@@ -274,6 +274,9 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
     if (src / unsigned(width) != lane / unsigned(width)) src = lane;
     return hostemu::shuffle(mask, v, src, "__shfl_xor_sync");
 }
+
+// Blocks run one after another and one thread at a time: memory fences have nothing to order.
+inline void __threadfence() {}
 
 // One thread runs at a time, so atomics are plain read-modify-writes.
 template <class T>

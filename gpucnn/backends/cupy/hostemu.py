@@ -55,7 +55,7 @@ class Module:
     """One kernels/*.cu file compiled for the host, with its template instances."""
 
     FLAGS = ("-std=c++20", "-O2", "-fPIC", "-shared", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function",
-             "-Wno-unused-variable", "-Werror=return-type")
+             "-Wno-unused-variable", "-Wno-unknown-pragmas", "-Werror=return-type")
 
     def __init__(self, source: Path, name_expressions: list[str]):
         self.source = Path(source)

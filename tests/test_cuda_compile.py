@@ -41,7 +41,6 @@ def test_every_kernel_file_has_a_launcher(stem):
     assert names_of(stem), f"kernels/{stem}.cu is loaded by no launcher in gpucnn/backends/cupy/{stem}.py"
 
 
-@functools.lru_cache(maxsize=None)
 def ptxas_report(stem, tmp):
     """nvcc's output (with ptxas -v) for kernels/<stem>.cu, every instance, both architectures."""
     names = names_of(stem)

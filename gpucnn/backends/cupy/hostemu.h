@@ -298,6 +298,10 @@ inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 template <class T>
 T __ldg(const T* p) { return *p; }
+inline float4 __ldg(const float4* p) {  // a GPU faults on a misaligned vector load; so do we
+    if (reinterpret_cast<uintptr_t>(p) % 16) hostemu::fail("misaligned 16-byte load (float4 from an address not a multiple of 16)");
+    return *p;
+}
 inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }

@@ -43,13 +43,18 @@ def conv2d_relu(x, w, b=None, stride=1, padding=0):
     return dispatch("conv2d_relu", x, w, b, stride_hw, pads, out_shape)
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, input_grad=True):
+def conv2d_backward(dy, x, w, stride=1, padding=0, input_grad=True, relu_mask=False):
     """Gradients of conv2d: (dx, dw, db) for the upstream gradient dy (N,K,P,Q).
 
     input_grad=False skips the data gradient (dx is None), as for a first layer.
+    relu_mask=True says x is the output of a ReLU: dx is then the gradient with
+    respect to that ReLU's input (zero where x <= 0), the ReLU's backward fused
+    into this one (one pass over dx fewer).
     """
     stride_hw, pads, out_shape = shapes.check_conv2d(x, w, None, stride, padding)
     shapes.check_grad_output(dy, "dy", out_shape, x)
+    if relu_mask:
+        return dispatch("conv2d_backward", dy, x, w, stride_hw, pads, bool(input_grad), relu_mask=True)
     return dispatch("conv2d_backward", dy, x, w, stride_hw, pads, bool(input_grad))
 
 
@@ -63,6 +68,16 @@ def max_pool2d(x, kernel_size, stride=None, return_indices=False):
     """
     kernel_hw, stride_hw, out_shape = shapes.check_pool2d(x, kernel_size, stride)
     y, idx = dispatch("max_pool2d", x, kernel_hw, stride_hw, out_shape)
+    return (y, idx) if return_indices else y
+
+
+def relu_max_pool2d(x, kernel_size, stride=None, return_indices=False):
+    """max_pool2d(relu(x)) in one op: the ReLU before a pool fused into it (max and ReLU commute).
+
+    Indices, when returned, are those of max_pool2d on relu(x).
+    """
+    kernel_hw, stride_hw, out_shape = shapes.check_pool2d(x, kernel_size, stride)
+    y, idx = dispatch("relu_max_pool2d", x, kernel_hw, stride_hw, out_shape)
     return (y, idx) if return_indices else y
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import backend
 from . import functional as F
-from .layers import LAYERS, Input, InputLayer, Layer, Node
+from .layers import LAYERS, Conv2D, Dense, Input, InputLayer, Layer, MaxPool2D, Node, ReLU
 
 FORMAT = "gpucnn-model"
 FORMAT_VERSION = 1
@@ -132,6 +132,8 @@ class Model:
         self._place()
         x = F.asarray(x) if backend.current_backend() != "numpy" else x
         values = {id(self.input): x}
+        fused = self._relu_fusions() if wanted is None else {}  # intermediate outputs asked for: run unfused
+        deferred = {id(p) for c, p in fused.values() if isinstance(p.layer, ReLU) and isinstance(c.layer, MaxPool2D)}
         for node in self.nodes[1:]:
             if wanted is not None and id(node) not in needed:
                 continue
@@ -140,9 +142,14 @@ class Model:
             arg = inputs if layer.merge else inputs[0]
             if node is self.output and getattr(layer, "softmax_output", False):
                 values[id(node)] = layer.forward(arg, training, logits=logits)
+            elif id(node) in deferred:
+                values[id(node)] = layer.forward(arg, training, deferred=True)
+            elif node.inbound and id(node.inbound[0]) in deferred:
+                values[id(node)] = layer.forward(arg, training, input_relu=True)
             else:
                 values[id(node)] = layer.forward(arg, training)
         self._logits = logits
+        self._fused = fused
         if wanted is not None:
             return values[id(wanted[0])] if isinstance(outputs, str) else {
                 name: values[id(node)] for name, node in zip(names, wanted)}
@@ -163,6 +170,8 @@ class Model:
         """
         start = self.output if output is None else self.get_layer(output)._node
         nodes = self.nodes[1:] if output is None else _topological(start)[1:]
+        fused = getattr(self, "_fused", {}) if output is None else {}
+        relu_done = {id(p) for _, p in fused.values()}
         grads = {id(start): dlogits}
         for node in reversed(nodes):
             dy = grads.pop(id(node))
@@ -171,13 +180,44 @@ class Model:
             if node is self.output and getattr(layer, "softmax_output", False):
                 dx = layer.backward(dy, logits=self._logits)
             else:
-                dx = layer.backward(dy)
+                # a consumer applies its input's ReLU mask (input_relu); that ReLU's producer then skips it
+                flags = {"input_relu": True} if id(node) in fused else {}
+                if id(node) in relu_done:
+                    flags["relu_done"] = True
+                dx = layer.backward(dy, **flags)
             for parent, g in zip(node.inbound, dx if layer.merge else [dx]):
                 key = id(parent)
                 if g is None:
                     continue
                 grads[key] = F.add(grads[key], g) if key in grads else g
         return grads.get(id(self.input))
+
+    def _relu_fusions(self) -> dict:
+        """{id(consumer node): (consumer, producer)} where a ReLU's backward moves into its one consumer.
+
+        The producer is a ReLU layer or a Conv2D/Dense with activation='relu'
+        whose output feeds exactly one layer, a Conv2D (the ReLU mask is applied
+        in its data-gradient epilogue) or a MaxPool2D (the mask is applied to the
+        pooled gradient; a ReLU *layer* before a pool also moves its forward into
+        the pool: relu_max_pool2d). Gradients are the same as unfused, to rounding.
+        """
+        if getattr(self, "_fusion_plan", None) is None:
+            uses = {}
+            for node in self.nodes[1:]:
+                for parent in node.inbound:
+                    uses[id(parent)] = uses.get(id(parent), 0) + 1
+            plan = {}
+            for node in self.nodes[1:]:
+                if not isinstance(node.layer, (Conv2D, MaxPool2D)) or len(node.inbound) != 1:
+                    continue
+                parent = node.inbound[0]
+                if parent is self.input or parent is self.output or uses[id(parent)] != 1:
+                    continue
+                p = parent.layer
+                if isinstance(p, ReLU) or (isinstance(p, (Conv2D, Dense)) and p.activation == "relu"):
+                    plan[id(node)] = (node, parent)
+            self._fusion_plan = plan
+        return self._fusion_plan
 
     # ----------------------------------------------------------------- parameters
     def _entries(self, stores=("params", "buffers")):

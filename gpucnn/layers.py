@@ -183,11 +183,14 @@ class Conv2D(Layer):
         self._x, self._y = x, y
         return y
 
-    def backward(self, dy):
-        if self.activation == "relu":
+    def backward(self, dy, input_relu=False, relu_done=False):
+        """input_relu: this layer's input came out of a ReLU whose backward is fused into the data gradient
+        (dx is returned for that ReLU's input). relu_done: dy is already the gradient of this layer's
+        pre-activation (its consumer applied the ReLU mask)."""
+        if self.activation == "relu" and not relu_done:
             dy = F.relu_backward(dy, self._y)
         dx, dw, db = F.conv2d_backward(dy, self._x, self.params["weight"], self.strides, self._torch_padding,
-                                       input_grad=self.input_grad)
+                                       input_grad=self.input_grad, relu_mask=input_relu and self.input_grad)
         self._store_grads(dw, db)
         return dx
 
@@ -240,8 +243,8 @@ class Dense(Layer):
         self._y = y
         return y
 
-    def backward(self, dy, logits=False):
-        if self.activation == "relu":
+    def backward(self, dy, logits=False, relu_done=False):
+        if self.activation == "relu" and not relu_done:
             dy = F.relu_backward(dy, self._y)
         elif self.activation == "softmax" and not logits:
             dy = F.softmax_backward(dy, self._y)
@@ -280,12 +283,18 @@ class _Pool2D(Layer):
 class MaxPool2D(_Pool2D):
     prefix = "max_pool2d"
 
-    def forward(self, x, training=False):
-        y, self._idx = F.max_pool2d(x, self.pool_size, self.strides, return_indices=True)
-        self._x = x
+    def forward(self, x, training=False, input_relu=False):
+        """input_relu: x has not been through the ReLU before this pool yet; apply it here (fused)."""
+        pool = F.relu_max_pool2d if input_relu else F.max_pool2d
+        y, self._idx = pool(x, self.pool_size, self.strides, return_indices=True)
+        self._x, self._y = x, y
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_relu=False):
+        """input_relu: return the gradient for the input of the ReLU before this pool: dy is masked where
+        the pooled output is 0 (on the pooled tensor: a quarter of the work of masking the input)."""
+        if input_relu:
+            dy = F.relu_backward(dy, self._y)
         return F.max_pool2d_backward(dy, self._x, self.pool_size, self.strides, indices=self._idx)
 
 
@@ -328,12 +337,13 @@ class UpSampling2D(Layer):
 class ReLU(Layer):
     prefix = "re_lu"
 
-    def forward(self, x, training=False):
-        self._y = F.relu(x)
+    def forward(self, x, training=False, deferred=False):
+        """deferred: the max pool after this layer applies the ReLU (relu_max_pool2d); pass x through."""
+        self._y = x if deferred else F.relu(x)
         return self._y
 
-    def backward(self, dy):
-        return F.relu_backward(dy, self._y)
+    def backward(self, dy, relu_done=False):
+        return dy if relu_done else F.relu_backward(dy, self._y)
 
     def flops(self):
         return _numel(self.output_shape)

@@ -179,9 +179,11 @@ def _data_grad(dy, x_shape, w, stride, pads):
 
 
 @register("conv2d_backward", B)
-def conv2d_backward(dy, x, w, stride, pads, input_grad=True):
+def conv2d_backward(dy, x, w, stride, pads, input_grad=True, relu_mask=False):
     db = dy.sum(axis=(0, 2, 3))
     dx = _data_grad(dy, x.shape, w, stride, pads) if input_grad else None
+    if relu_mask and dx is not None:
+        dx[x <= 0] = 0
     return dx, _weight_grad(dy, x, w, stride, pads), db
 
 
@@ -222,7 +224,7 @@ def max_pool2d(x, kernel, stride, out_shape):
 
 @register("relu_max_pool2d", B)
 def relu_max_pool2d(x, kernel, stride, out_shape):
-    """max_pool2d(relu(x)): the reference for the GPU backends' fused op (not in gpucnn.functional yet)."""
+    """max_pool2d(relu(x)): the reference for the GPU backends' fused op."""
     return max_pool2d(relu(x), kernel, stride, out_shape)
 
 

@@ -407,7 +407,7 @@ def _geometry_bwd_bias(dy_shape):
 
 
 @register("conv2d_backward", B)
-def conv2d_backward(dy, x, w, stride, pads, input_grad=True):
+def conv2d_backward(dy, x, w, stride, pads, input_grad=True, relu_mask=False):
     dy, x, w = _common.device(dy), _common.device(x), _common.device(w)
     dtype = np.dtype(x.dtype)
     zero = dtype.type(0)
@@ -427,4 +427,7 @@ def conv2d_backward(dy, x, w, stride, pads, input_grad=True):
     if db.size:
         grid, block = _geometry_bwd_bias(dy.shape)
         conv2d_bwd_bias(dtype)[grid, block](dy, db, zero)
+    if relu_mask and dx is not None:  # the ReLU that produced x: not fused here, one more elementwise pass
+        from .elementwise import relu_backward
+        dx = relu_backward(dx, x)
     return dx, dw, db

@@ -178,3 +178,10 @@ def avg_pool2d_backward(dy, x, kernel, stride):
     avg_pool_backward_kernel[_common.grid_1d(dx.size)](_planes(dy), _planes(dx), *kernel, *stride,
                                                        _inv_area(kernel, dy.dtype))
     return dx
+
+
+@register("relu_max_pool2d", B)
+def relu_max_pool2d(x, kernel, stride, out_shape):
+    """max_pool2d(relu(x)); composed of the two kernels here (the cupy backend fuses them)."""
+    from .elementwise import relu
+    return max_pool2d(relu(x), kernel, stride, out_shape)

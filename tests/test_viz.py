@@ -298,9 +298,9 @@ def reference_results():
 def run_all(model, x, X):
     return {
         "saliency": viz.saliency(model, x, reduce=None),
-        "occlusion": viz.occlusion(model, x, 2, 1, batch_size=4),
+        "occlusion": viz.occlusion(model, x, 2, 2, batch_size=3),
         "feature_maps": viz.feature_maps(model, x)["conv2d"],
-        "activation_maximization": viz.activation_maximization(model, "dense", 1, steps=3, lr=0.05),
+        "activation_maximization": viz.activation_maximization(model, "dense", 1, steps=2, lr=0.05),
         "embed": viz.embed(model, X),
         "filters": viz.filters(model),
     }

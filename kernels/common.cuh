@@ -104,7 +104,7 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    v = lane < nwarps ? scratch[lane] : -INFINITY;
+    v = lane < nwarps ? scratch[lane] : -__int_as_float(0x7f800000);  // -inf (NVRTC has no INFINITY macro)
     if (warp == 0) v = warp_max(v);
     if (threadIdx.x == 0) scratch[0] = v;
     __syncthreads();

@@ -6,6 +6,7 @@
 // float4 (16-byte loads and stores; the launcher picks it when every pointer is 16-byte aligned,
 // which CuPy allocations are), V = 1 plain floats. With V = 4 thread i handles elements 4i..4i+3,
 // and the last n % 4 elements are done by the first threads of the grid after the vector loop.
+// Vector loads go through __ldg (read-only path; under hostemu it also faults a misaligned float4).
 #include "common.cuh"
 
 // --------------------------------------------------------------------------- generic maps
@@ -18,7 +19,7 @@ __device__ __forceinline__ void map1(const float* __restrict__ x, float* __restr
         const float4* __restrict__ x4 = reinterpret_cast<const float4*>(x);
         float4* __restrict__ y4 = reinterpret_cast<float4*>(y);
         GRID_STRIDE_LOOP(i, n4) {
-            const float4 a = x4[i];
+            const float4 a = __ldg(x4 + i);
             y4[i] = make_float4(op(a.x), op(a.y), op(a.z), op(a.w));
         }
         const int t = (n4 << 2) + int(blockIdx.x * blockDim.x + threadIdx.x);  // the n % 4 tail
@@ -38,7 +39,7 @@ __device__ __forceinline__ void map2(const float* __restrict__ a, const float* _
         const float4* __restrict__ b4 = reinterpret_cast<const float4*>(b);
         float4* __restrict__ c4 = reinterpret_cast<float4*>(c);
         GRID_STRIDE_LOOP(i, n4) {
-            const float4 u = a4[i], v = b4[i];
+            const float4 u = __ldg(a4 + i), v = __ldg(b4 + i);
             c4[i] = make_float4(op(u.x, v.x), op(u.y, v.y), op(u.z, v.z), op(u.w, v.w));
         }
         const int t = (n4 << 2) + int(blockIdx.x * blockDim.x + threadIdx.x);
@@ -107,7 +108,7 @@ __global__ void dropout_fwd(const float* __restrict__ x, float* __restrict__ y, 
         float4* __restrict__ y4 = reinterpret_cast<float4*>(y);
         float4* __restrict__ m4 = reinterpret_cast<float4*>(mask);
         GRID_STRIDE_LOOP(i, n4) {
-            const float4 a = x4[i];
+            const float4 a = __ldg(x4 + i);
             const int e = i << 2;
             const float4 m = make_float4(dropout_keep(key, threshold, scale, e), dropout_keep(key, threshold, scale, e + 1),
                                          dropout_keep(key, threshold, scale, e + 2), dropout_keep(key, threshold, scale, e + 3));
@@ -172,7 +173,7 @@ __global__ void copy_rows(const float* __restrict__ src, int src_stride, int src
         GRID_STRIDE_LOOP(t, n4) {
             const int r = t / len4, k = t - r * len4;
             reinterpret_cast<float4*>(dst + size_t(r) * dst_stride + dst_offset)[k] =
-                reinterpret_cast<const float4*>(src + size_t(r) * src_stride + src_offset)[k];
+                __ldg(reinterpret_cast<const float4*>(src + size_t(r) * src_stride + src_offset) + k);
         }
     } else {
         const int n = rows * len;

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from cupy_support import host, ref, run
+from gpucnn.backends.cupy import _runtime
 from helpers import assert_close
 
 
@@ -38,14 +39,19 @@ def _misaligned(a):
 
 
 @pytest.mark.parametrize("shape", [(1,), (5,), (7, 3), (2, 3, 5, 4), (3, 1001)])
-def test_relu_add_dropout_backward_both_vector_widths(shape):
+def test_relu_add_dropout_backward_both_vector_widths(shape, monkeypatch):
+    launched = []
+    real = _runtime.Family.launch
+    monkeypatch.setattr(_runtime.Family, "launch", lambda self, name, *a: (launched.append(name), real(self, name, *a)))
     rng = np.random.default_rng(len(shape) + shape[-1])
     a, b = _rand(rng, shape), _rand(rng, shape)
-    for args in [(a, b), (_misaligned(a), _misaligned(b))]:  # float4 path, then the scalar path
+    for width, args in [(4, (a, b)), (1, (_misaligned(a), _misaligned(b)))]:  # float4 path, then the scalar path
+        launched.clear()
         assert_close(host(run("add", *args)), ref("add", a, b), rtol=0, atol=0)
         assert_close(host(run("relu", args[0])), ref("relu", a), rtol=0, atol=0)
         assert_close(host(run("relu_backward", *args)), ref("relu_backward", a, b), rtol=0, atol=0)
         assert_close(host(run("dropout_backward", *args)), ref("dropout_backward", a, b), rtol=0, atol=0)
+        assert launched == [f"{k}<{width}>" for k in ("add_fwd", "relu_fwd", "relu_bwd", "mul_fwd")]
 
 
 def test_relu_passes_nan_like_numpy():

@@ -34,8 +34,9 @@ What is timed, and how
   (pooling, ReLU), timed with CUDA events, TF32 as ``gpucnn.config.allow_tf32``;
   on the CPU PyTorch's CPU kernels (oneDNN), labelled as such, never cuDNN.
 
-A backend running in Numba's CUDA simulator is never timed (its figures would
-be CPU emulation); it is listed under ``skipped`` with the reason.
+A backend running in a simulator (Numba's CUDA simulator, the CuPy backend's
+host emulation) is never timed (its figures would be CPU emulation); it is
+listed under ``skipped`` with the reason.
 """
 from __future__ import annotations
 
@@ -290,7 +291,7 @@ class CudaEventTimer:
 
 def timer_for_backend(name: str):
     if simulated(name):
-        raise ValueError(f"backend {name!r} runs in Numba's CUDA simulator: its times are CPU emulation, never timed")
+        raise ValueError(f"backend {name!r} runs in a simulator (CPU emulation of its kernels): never timed")
     return CpuTimer() if BACKEND_DEVICE[name] == "cpu" else CudaEventTimer(name)
 
 
@@ -614,8 +615,10 @@ def plan_backends(requested=None) -> tuple[list[str], list[dict]]:
         if not entry["available"]:
             skipped.append({"backend": name, "reason": entry["reason"]})
         elif entry["simulated"]:
-            skipped.append({"backend": name, "reason": "runs in Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1): "
-                            "its kernels are emulated on the CPU, so their times say nothing about a GPU"})
+            how = ("Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1)" if name == "numba"
+                   else "CPU emulation of its CUDA C (GPUCNN_CUPY_EMULATE=1)")
+            skipped.append({"backend": name, "reason": f"runs in {how}: its kernels are emulated on the CPU, so "
+                            "their times say nothing about a GPU"})
         else:
             run_.append(name)
     return run_, skipped

@@ -351,10 +351,11 @@ class Model:
         return self
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0, shuffle=True,
-            seed=None, verbose=1):
+            seed=None, verbose=1, cuda_graph=False):
         from .train import fit
         return fit(self, x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
-                   validation_split=validation_split, shuffle=shuffle, seed=seed, verbose=verbose)
+                   validation_split=validation_split, shuffle=shuffle, seed=seed, verbose=verbose,
+                   cuda_graph=cuda_graph)
 
     def evaluate(self, x, y, batch_size=256):
         from .train import evaluate

@@ -59,8 +59,14 @@ def train_step(model, xb, yb):
 
 
 def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0, shuffle=True, seed=None,
-        verbose=1) -> History:
-    """Train `model` on host arrays x (N, ...) and labels y; returns a History."""
+        verbose=1, cuda_graph=False) -> History:
+    """Train `model` on host arrays x (N, ...) and labels y; returns a History.
+
+    cuda_graph=True (cupy backend, models without Dropout): full batches run as one captured CUDA
+    graph, replayed with no allocation and no host synchronization per step; loss and accuracy are
+    read once an epoch (the progress bar then shows no running loss). A last, smaller batch runs
+    as a plain step.
+    """
     _check_nonempty(x, "fit")
     y = _labels(y, len(x))
     if not 0 <= validation_split < 1:
@@ -75,17 +81,28 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_s
         model.compile("adam")
     history = History()
     rng = np.random.default_rng(seed)
+    captured = None
+    if cuda_graph:
+        from .backends.cupy.graph import CapturedStep
+        captured = CapturedStep(model, batch_size)
     for epoch in range(epochs):
         n_batches = -(-len(x) // batch_size)
         it = batches(x, y, batch_size, shuffle=shuffle, seed=int(rng.integers(2**63)))
         bar = tqdm(it, total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=verbose != 1, leave=True)
         loss_sum, correct, seen = 0.0, 0, 0
         for xb, yb in bar:
+            seen += len(xb)
+            if captured is not None and len(xb) == batch_size:
+                captured.step(xb, yb)
+                continue
             loss, ok = train_step(model, xb, yb)
             loss_sum += loss * len(xb)
             correct += ok
-            seen += len(xb)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", accuracy=f"{correct / seen:.4f}")
+        if captured is not None:
+            graph_loss, graph_correct = captured.take_stats()
+            loss_sum += graph_loss
+            correct += graph_correct
         logs = {"loss": loss_sum / seen, "accuracy": correct / seen}
         if validation_data is not None:
             logs["val_loss"], logs["val_accuracy"] = evaluate(model, *validation_data)

@@ -52,14 +52,27 @@ extern "C" __global__ void sgd_multi(const uint64_t* __restrict__ ptrs, const in
     }
 }
 
+// Advances Adam's step counter on the device and writes the new step's bias corrections,
+// scal[0] = lr / (1 - beta1^step) and scal[1] = sqrt(1 - beta2^step), in float64 like the host
+// would: a training step captured as a CUDA graph then replays with the right step every time.
+extern "C" __global__ void adam_advance(int* __restrict__ step, float* __restrict__ scal, float lr, float beta1,
+                                        float beta2) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        const int s = *step + 1;
+        *step = s;
+        scal[0] = float(double(lr) / (1.0 - pow(double(beta1), double(s))));
+        scal[1] = float(sqrt(1.0 - pow(double(beta2), double(s))));
+    }
+}
+
 // d = g (+ weight_decay * p); m = beta1 * m + (1 - beta1) * d; v = beta2 * v + (1 - beta2) * d^2;
-// p -= step_size * m / (sqrt(v) / sqrt(1 - beta2^step) + eps), step_size = lr / (1 - beta1^step)
-// (the bias corrections are computed on the host in float64).
+// p -= step_size * m / (sqrt(v) / sqrt(1 - beta2^step) + eps), step_size = lr / (1 - beta1^step),
+// with step_size = scal[0] and sqrt(1 - beta2^step) = scal[1] from adam_advance.
 extern "C" __global__ void adam_multi(const uint64_t* __restrict__ ptrs, const int* __restrict__ sizes,
                                       const int* __restrict__ chunks, int tensors, int nchunks, int chunk,
-                                      float step_size, float beta1, float one_minus_beta1, float beta2,
-                                      float one_minus_beta2, float bc2_sqrt, float eps, float weight_decay,
-                                      int use_weight_decay) {
+                                      const float* __restrict__ scal, float beta1, float one_minus_beta1, float beta2,
+                                      float one_minus_beta2, float eps, float weight_decay, int use_weight_decay) {
+    const float step_size = scal[0], bc2_sqrt = scal[1];
     for (int b = blockIdx.x; b < nchunks; b += gridDim.x) {
         int t, begin, end;
         chunk_range(sizes, chunks, chunk, b, t, begin, end);

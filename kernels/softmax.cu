@@ -147,3 +147,26 @@ __global__ void softmax_xent(const float* __restrict__ logits, const L* __restri
         }
     }
 }
+
+// Training statistics without a host round trip: loss_sum[0] += loss[0] * rows and correct[0] += the
+// rows whose first maximal logit is at their label. One block; a captured training step (CUDA graph)
+// accumulates them on the device, and the host reads them once an epoch.
+template <class L>
+__global__ void __launch_bounds__(GPUCNN_THREADS)
+xent_stats(const float* __restrict__ logits, const L* __restrict__ labels, const float* __restrict__ loss, int rows,
+           int d, float* __restrict__ loss_sum, int* __restrict__ correct) {
+    __shared__ float scratch[32];
+    float hits = 0.f;
+    for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+        const float* row = logits + size_t(r) * d;
+        int best = 0;
+        for (int j = 1; j < d; ++j)
+            if (row[j] > row[best]) best = j;
+        hits += best == int(labels[r]) ? 1.f : 0.f;
+    }
+    hits = block_sum(hits, scratch);
+    if (threadIdx.x == 0) {
+        loss_sum[0] += loss[0] * float(rows);
+        correct[0] += int(hits);
+    }
+}

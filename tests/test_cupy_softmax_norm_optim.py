@@ -190,7 +190,22 @@ def test_adam_step_all_parameters_in_one_launch(weight_decay, monkeypatch):
         for name, got, want in (("param", p, p_ref), ("exp_avg", m, m_ref), ("exp_avg_sq", v, v_ref)):
             for i, (a, e) in enumerate(zip(got, want)):
                 assert_close(a, e, rtol=1e-5, atol=1e-6, name=f"{name} {i} after step {step}")
-    assert launches == ["adam_multi"] * 4
+    # the bias corrections of each step come from a one-thread kernel advancing the step on the device
+    assert launches == ["adam_advance", "adam_multi"] * 4
+
+
+def test_adam_step_out_of_sequence_resets_the_device_step():
+    """Steps need not be consecutive (a restored optimizer, a fresh one on the same parameters): the
+    device counter is set from the host's step whenever it is not already step - 1."""
+    p, p_ref = _params(2), _params(2)
+    for step in (3, 1, 7, 8):
+        m, v = [np.full_like(a, 0.1) for a in p], [np.full_like(a, 0.2) for a in p]
+        m_ref, v_ref = [a.copy() for a in m], [a.copy() for a in v]
+        grads = _params(40 + step)
+        run("adam_step", p, grads, m, v, step, lr=1e-2)
+        ref("adam_step", p_ref, grads, m_ref, v_ref, step, lr=1e-2)
+        for i, (a, e) in enumerate(zip(p, p_ref)):
+            assert_close(a, e, rtol=1e-5, atol=1e-6, name=f"param {i} after step {step}")
 
 
 def test_optimizer_tables_are_built_once_per_parameter_list(monkeypatch):

@@ -67,7 +67,11 @@ class Family:
             raise ValueError(f"{name}: invalid grid {grid}")
         if not 1 <= int(np.prod(block)) <= 1024:
             raise ValueError(f"{name}: invalid block {block}")
-        _module(self.family, self.names).get_function(name)(grid, block, tuple(args))
+        function = _module(self.family, self.names).get_function(name)
+        if _RECORD is not None:  # emulated graph capture: record, run at replay
+            _RECORD.append((function, grid, block, tuple(args)))
+        else:
+            function(grid, block, tuple(args))
 
 
 # --------------------------------------------------------------------------- arrays
@@ -105,17 +109,24 @@ def operand(op: str, name: str, a):
     return a
 
 
-def empty(shape, dtype=np.float32):
-    """A fresh output array (NaN-filled when POISON is set)."""
+def persistent_empty(shape, dtype=np.float32):
+    """An array that outlives a training step (parameters' state, counters): never from the step arena."""
     shape = tuple(int(s) for s in shape)
-    out = hostemu.guarded_empty(shape, dtype) if EMULATED else xp.empty(shape, dtype)
+    return hostemu.guarded_empty(shape, dtype) if EMULATED else xp.empty(shape, dtype)
+
+
+def empty(shape, dtype=np.float32):
+    """A fresh output array (NaN-filled when POISON is set); inside `workspace(arena)`, carved from the arena."""
+    shape = tuple(int(s) for s in shape)
+    out = _ARENA.take(shape, dtype) if _ARENA is not None else persistent_empty(shape, dtype)
     if POISON and np.dtype(dtype).kind == "f":
         out.fill(np.nan)
     return out
 
 
 def zeros(shape, dtype=np.float32):
-    out = empty(shape, dtype)
+    """A zeroed array that outlives a step (optimizer state): never from the step arena."""
+    out = persistent_empty(shape, dtype)
     out.fill(0)
     return out
 
@@ -275,3 +286,107 @@ def math_mode() -> str:
     """'true' when TF32 tensor cores are allowed (gpucnn.config.allow_tf32), as a template argument."""
     from ... import config
     return "true" if config.allow_tf32 else "false"
+
+
+# --------------------------------------------------------------------------- step workspace and capture
+
+class Arena:
+    """Preallocated device memory for the temporaries of a training step.
+
+    Inside ``workspace(arena)`` every ``empty`` is carved from the arena by a bump pointer that
+    restarts at each ``workspace`` entry. A step asks for the same sizes in the same order every
+    time, so it gets the same addresses every time, and the arena allocates (``allocations``
+    counts it) only while the first step runs: from the second on, no device allocation at all,
+    and the step's kernels can be captured as a CUDA graph and replayed.
+    """
+
+    ALIGN = 256  # bytes: every array starts 16-byte aligned (float4 loads) and more
+
+    def __init__(self):
+        self.chunks = []
+        self.allocations = 0
+        self._chunk = self._offset = 0
+
+    def reset(self):
+        self._chunk = self._offset = 0
+
+    def take(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        need = ceil_div(nbytes, self.ALIGN) * self.ALIGN
+        while self._chunk < len(self.chunks) and self._offset + need > self.chunks[self._chunk].size:
+            self._chunk, self._offset = self._chunk + 1, 0
+        if self._chunk == len(self.chunks):
+            size = max(need, 4 << 20, 2 * (self.chunks[-1].size if self.chunks else 0))
+            raw = np.empty(size + self.ALIGN, np.uint8) if EMULATED else xp.empty(size + self.ALIGN, np.uint8)
+            start = (-pointer(raw)) % self.ALIGN
+            self.chunks.append(raw[start:start + size])
+            self.allocations += 1
+        chunk = self.chunks[self._chunk]
+        out = chunk[self._offset:self._offset + nbytes].view(dtype).reshape(shape)
+        self._offset += need
+        return out
+
+
+_ARENA: Arena | None = None
+
+
+class workspace:
+    """Context manager: the outputs of every launcher inside come from `arena` (reset on entry)."""
+
+    def __init__(self, arena: Arena):
+        self.arena = arena
+
+    def __enter__(self):
+        global _ARENA
+        self._previous, _ARENA = _ARENA, self.arena
+        self.arena.reset()
+        return self.arena
+
+    def __exit__(self, *exc):
+        global _ARENA
+        _ARENA = self._previous
+        return False
+
+
+class Graph:
+    """The kernels of one captured call, replayed by ``launch()`` without running any Python.
+
+    On a GPU: CUDA stream capture through CuPy (cupy.cuda.Stream.begin_capture/end_capture), so
+    everything the call enqueued (kernels, fills, copies) is in the graph. Emulated: the launches
+    are recorded instead of run, and replayed in order; anything the call did outside a kernel
+    launch is then not replayed, so a step that is not capturable gives different results on
+    replay (the tests compare).
+    """
+
+    def __init__(self, fn):
+        global _RECORD
+        if EMULATED:
+            _RECORD = []
+            try:
+                fn()
+            finally:
+                self._launches, _RECORD = _RECORD, None
+        else:  # pragma: no cover - needs a GPU
+            self._stream = xp.cuda.Stream(non_blocking=True)
+            with self._stream:
+                self._stream.begin_capture()
+                try:
+                    fn()
+                finally:
+                    self._graph = self._stream.end_capture()
+
+    def launch(self):
+        if EMULATED:
+            for function, grid, block, args in self._launches:
+                function(grid, block, args)
+        else:  # pragma: no cover - needs a GPU
+            self._graph.launch(self._stream)
+
+    @property
+    def kernels(self) -> int:
+        """Kernel launches in the graph (emulated: recorded; GPU: not counted, -1)."""
+        return len(self._launches) if EMULATED else -1
+
+
+_RECORD: list | None = None

@@ -6,13 +6,13 @@ device arrays (`rt.in_place`); every array is checked (float32, contiguous) befo
 """
 from __future__ import annotations
 
-import math
+import numpy as np
 
 from ...backend import register
 from . import _runtime as rt
 
 B = "cupy"
-K = rt.Family("optim", ["sgd_multi", "adam_multi"])
+K = rt.Family("optim", ["sgd_multi", "adam_advance", "adam_multi"])
 CHUNK = 16 * rt.THREADS  # elements per chunk: 16 per thread of a block
 
 
@@ -53,8 +53,35 @@ def adam_step(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
     if not params:
         return
     lists = _lists("adam_step", params=params, grads=grads, exp_avgs=m, exp_avg_sqs=v)
-    bc1 = 1 - beta1 ** step
-    bc2_sqrt = math.sqrt(1 - beta2 ** step)
-    _launch("adam_multi", lists, (rt.f32(lr / bc1), rt.f32(beta1), rt.f32(1 - beta1), rt.f32(beta2),
-                                  rt.f32(1 - beta2), rt.f32(bc2_sqrt), rt.f32(eps), rt.f32(weight_decay),
-                                  rt.i32(bool(weight_decay))))
+    counter = _step_counter(lists[0], step)
+    K.launch("adam_advance", (1,), (32,), (counter.step, counter.scal, rt.f32(lr), rt.f32(beta1), rt.f32(beta2)))
+    _launch("adam_multi", lists, (counter.scal, rt.f32(beta1), rt.f32(1 - beta1), rt.f32(beta2),
+                                  rt.f32(1 - beta2), rt.f32(eps), rt.f32(weight_decay), rt.i32(bool(weight_decay))))
+
+
+class _Counter:
+    """Adam's step on the device (advanced by adam_advance) and the host's idea of its value."""
+
+    def __init__(self):
+        self.step = rt.persistent_empty((1,), np.int32)
+        self.scal = rt.persistent_empty((2,), np.float32)
+        self.host = None
+
+
+_COUNTERS: dict = {}
+
+
+def _step_counter(params, step: int) -> _Counter:
+    """The device step counter of this parameter list (one per list, shared by plain and captured steps),
+    set to step - 1 only when the host does not know it to be there: consecutive plain steps, and the
+    replays of a captured step, advance it on the device alone."""
+    key = tuple((rt.pointer(p), int(p.size)) for p in params)
+    counter = _COUNTERS.get(key)
+    if counter is None:
+        if len(_COUNTERS) >= 8:
+            _COUNTERS.pop(next(iter(_COUNTERS)))
+        counter = _COUNTERS[key] = _Counter()
+    if counter.host != step - 1:
+        counter.step.fill(step - 1)
+    counter.host = step
+    return counter

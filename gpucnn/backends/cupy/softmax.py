@@ -14,7 +14,8 @@ from . import _runtime as rt
 B = "cupy"
 K = rt.Family("softmax", ["softmax_rows<false>", "softmax_rows<true>", "softmax_strided<false>",
                           "softmax_strided<true>", "softmax_bwd_rows", "softmax_bwd_strided",
-                          "softmax_xent<int>", "softmax_xent<long long>"])
+                          "softmax_xent<int>", "softmax_xent<long long>", "xent_stats<int>",
+                          "xent_stats<long long>"])
 WARP = 32
 
 
@@ -74,7 +75,26 @@ def softmax_cross_entropy(logits, labels):
         loss.fill(np.nan)
         return loss, dlogits
     row_loss = rt.empty((n,))
-    counter = rt.zeros((1,), np.uint32)  # the last-block ticket; the kernel leaves it at zero
+    counter = _ticket()
     K.launch(f"softmax_xent<{rt.c_type(labels.dtype)}>", *rt.grid_1d(n * WARP),
              (logits, labels, dlogits, row_loss, counter, loss, rt.i32(n), rt.i32(c), rt.f32(n)))
     return loss, dlogits
+
+
+_TICKET = []
+
+
+def _ticket():
+    """The last-block ticket of softmax_xent: one zeroed counter, allocated once (the kernel leaves it at
+    zero), so the loss allocates nothing per step and can be captured in a CUDA graph."""
+    if not _TICKET:
+        _TICKET.append(rt.persistent_empty((1,), np.uint32))
+        _TICKET[0].fill(0)
+    return _TICKET[0]
+
+
+def accumulate_stats(logits, labels, loss, loss_sum, correct):
+    """loss_sum += loss * rows, correct += rows predicted right: on the device (no host round trip)."""
+    n, c = (int(s) for s in logits.shape)
+    K.launch(f"xent_stats<{rt.c_type(labels.dtype)}>", (1,), (rt.THREADS,),
+             (logits, labels, loss, rt.i32(n), rt.i32(c), loss_sum, correct))

@@ -368,7 +368,9 @@ class Graph:
             finally:
                 self._launches, _RECORD = _RECORD, None
         else:  # pragma: no cover - needs a GPU
-            self._stream = xp.cuda.Stream(non_blocking=True)
+            # a blocking stream: work on the default stream (the batch copies, a plain step for a last
+            # short batch, reading the statistics) stays ordered with the replays without host waits
+            self._stream = xp.cuda.Stream(non_blocking=False)
             with self._stream:
                 self._stream.begin_capture()
                 try:

@@ -791,6 +791,24 @@ def gpucnn_step(name: str, batch: int):
     return lambda: train_step(model, x, y)
 
 
+def gpucnn_graph_step(name: str, batch: int):
+    """A closure running the same step as gpucnn_step through fit's captured CUDA graph (cupy backend):
+    the first two calls are plain steps, the third captures and launches, every later call is a replay."""
+    from . import models
+    from .backends.cupy.graph import CapturedStep
+    from .optim import SGD
+    model = models.get(name, seed=0).compile(SGD(lr=0.01, momentum=0.9))
+    rng = np.random.default_rng(0)
+    x = F.asarray(rng.random((batch,) + model.input_shape, dtype=np.float32))
+    y = F.asarray(rng.integers(0, 10, batch))
+    captured = CapturedStep(model, batch)
+
+    def step():
+        captured.step(x, y)
+    step.captured = captured
+    return step
+
+
 def torch_step(name: str, batch: int, device="cpu", graphs=False):
     """A closure running one PyTorch training step of the same net; graphs=True replays a captured CUDA graph."""
     import torch
@@ -848,6 +866,11 @@ def train_step_bench(models=BENCH_MODELS, batch=128, backends=None, warmup=2, re
             with use_backend(name):
                 timing = measure(gpucnn_step(model, batch), [()], timer_for_backend(name), **kw)
             rows.append(_step_row(model, batch, name, f"gpucnn {name}", timing))
+            if name == "cupy":  # pragma: no cover - needs a GPU (warm-up covers the plain steps and the capture)
+                with use_backend(name):
+                    timing = measure(gpucnn_graph_step(model, batch), [()], timer_for_backend(name),
+                                     **dict(kw, warmup=max(2, warmup)))
+                rows.append(_step_row(model, batch, "cupy-cuda-graph", "gpucnn cupy CUDA graph", timing))
         if not reference:
             continue
         for dev in sorted({BACKEND_DEVICE[n] for n in names}):

@@ -110,3 +110,16 @@ def test_arena_reuses_addresses_and_aligns():
             assert rt.pointer(a) % 256 == 0 and rt.pointer(b) % 256 == 0
     assert addresses[0] == addresses[1] and arena.allocations == 1
     assert rt.empty((2,)).base is not arena.chunks[0].base  # outside the workspace: a fresh array
+
+
+
+def test_the_benchmark_closure_replays_after_two_plain_steps():
+    from gpucnn import bench
+    with backend.use_backend("cupy"):
+        step = bench.gpucnn_graph_step("lenet_like", 2)
+        before = {k: host(v).copy() for k, v in step.captured.model.parameters().items()}
+        for _ in range(5):
+            step()
+        after = step.captured.model.parameters()
+    assert step.captured.eager == 2 and step.captured.replays == 3
+    assert all(not np.array_equal(before[k], host(after[k])) for k in before)

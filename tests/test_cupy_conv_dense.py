@@ -150,3 +150,28 @@ def test_bad_inputs_are_refused_before_launch():
         run("conv2d", x, wide[..., ::2], b, stride, padding)
     with pytest.raises(TypeError, match="float32"):
         run("linear", np.ones((2, 3)), np.ones((4, 3)), None)
+
+
+# cifar10_vgg's and mnist_cnn's convolutions (3x3, 'same'), batch 8: too big for the emulator, run on a GPU.
+ZOO_CONVS = [(8, 3, 32, 32, 32), (8, 32, 32, 32, 32), (8, 32, 16, 16, 64), (8, 64, 16, 16, 64),
+             (8, 64, 8, 8, 128), (8, 128, 8, 8, 128), (8, 1, 28, 28, 32), (8, 32, 14, 14, 64), (8, 64, 7, 7, 128)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,c,h,w,k", ZOO_CONVS)
+@pytest.mark.parametrize("tf32", [False, True], ids=["fp32", "tf32"])
+def test_zoo_convolutions_on_the_gpu(n, c, h, w, k, tf32):
+    x, wt, b, _, _ = inputs((n, c, h, w, k, 3, 3, 1, 1), n + c + k)
+    y_ref = ref("conv2d_relu", x, wt, b, 1, "same")
+    dy = np.random.default_rng(k).standard_normal(y_ref.shape).astype(np.float32)
+    want = ref("conv2d_backward", dy, x, wt, 1, "same")
+    with gpucnn.config.tf32(tf32):
+        y = host(run("conv2d_relu", x, wt, b, 1, "same"))
+        got = run("conv2d_backward", dy, x, wt, 1, "same")
+    for name, a, e, red in zip(("y", "dx", "dw", "db"), (y,) + tuple(host(g) for g in got), (y_ref,) + tuple(want),
+                               (c * 9, k * 9, n * h * w, n * h * w)):
+        e = np.asarray(e)
+        if tf32:
+            assert_close(a, e, rtol=0, atol=2e-3 * np.abs(e).max(), name=f"tf32 {name}")
+        else:
+            assert_close(a, e, **tol(red), name=name)

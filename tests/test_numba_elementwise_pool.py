@@ -90,6 +90,15 @@ def test_max_pool2d(shape, kernel, stride):
     check(idx, idx_ref, exact=True)
 
 
+def test_relu_max_pool2d():
+    """max_pool2d of the ReLU (composed of the relu and max-pool kernels on this backend)."""
+    x = distinct(4, (2, 3, 5, 6))
+    (y, idx), (y_ref, idx_ref) = both(F.relu_max_pool2d, x, 2, return_indices=True)
+    check(y, y_ref, exact=True)
+    check(idx, idx_ref, exact=True)
+    assert (y_ref == 0).any() and (y_ref > 0).any()
+
+
 @pytest.mark.parametrize("shape,kernel,stride", POOL_CASES)
 def test_max_pool2d_backward(shape, kernel, stride):
     x = distinct(2, shape)

@@ -198,16 +198,18 @@ conv2d_wgrad(const float* __restrict__ x, const float* __restrict__ dy, float* _
     gemm::block_tile<BM, BN, TF32>(p, blockIdx.x * BM, blockIdx.y * BN, begin, end);
 }
 
-// db[k] = sum over n < N, j < PQ of dy[(n * K + k) * PQ + j]; one block per k.
+// db[k] = sum over n < N, j < PQ of dy[(n * K + k) * PQ + j]. Block (k, z) sums the images
+// z, z + gridDim.y, ... into out[z * K + k]: with gridDim.y > 1 these are partials for
+// splitk_reduce (so a layer with few channels still spreads over every SM), else db itself.
 extern "C" __global__ void __launch_bounds__(GPUCNN_THREADS)
-conv2d_bias_grad(const float* __restrict__ dy, float* __restrict__ db, int N, int K, int PQ) {
+conv2d_bias_grad(const float* __restrict__ dy, float* __restrict__ out, int N, int K, int PQ) {
     __shared__ float scratch[32];
     const int k = blockIdx.x;
     float v = 0.f;
-    for (int n = 0; n < N; ++n) {
+    for (int n = blockIdx.y; n < N; n += gridDim.y) {
         const float* row = dy + (n * K + k) * PQ;
         for (int j = threadIdx.x; j < PQ; j += blockDim.x) v += row[j];
     }
     v = block_sum(v, scratch);
-    if (threadIdx.x == 0) db[k] = v;
+    if (threadIdx.x == 0) out[blockIdx.y * K + k] = v;
 }

@@ -66,7 +66,12 @@ def conv2d_backward(dy, x, w, stride, pads, input_grad=True, relu_mask=False):
                 g.fill(0)
         return dx, dw, db
 
-    K.launch("conv2d_bias_grad", (kf,), (rt.THREADS,), (dy, db, rt.i32(nimg), rt.i32(kf), rt.i32(pq)))
+    # bias gradient: K blocks, times enough image groups to give every SM two blocks, reduced after
+    groups = max(1, min(nimg, rt.ceil_div(2 * rt.sm_count(), kf), 65535))
+    part = db if groups == 1 else rt.empty((groups, kf))
+    K.launch("conv2d_bias_grad", (kf, groups), (rt.THREADS,), (dy, part, rt.i32(nimg), rt.i32(kf), rt.i32(pq)))
+    if groups > 1:
+        K.launch("splitk_reduce", *rt.grid_1d(kf), (part, db, rt.i32(kf), rt.i32(groups)))
 
     m, n, kk = w[0].size, kf, nimg * pq  # weight gradient: M = C*R*S, N = K, K = N*P*Q
     bm, bn = rt.gemm_tile(m, n)

@@ -13,6 +13,7 @@
 #pragma once
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -103,9 +104,36 @@ struct Job {
     }
 };
 
+// The order threads run in between two barriers, from GPUCNN_HOSTEMU_ORDER: "forward" (default),
+// "reverse", or "shuffle" (a fresh random order at every barrier, seeded by GPUCNN_HOSTEMU_SEED).
+// A kernel whose result depends on it reads shared or global memory that another thread of its
+// block writes without a barrier between them: a race that would make it wrong on a GPU.
+inline uint64_t order_state = 0;
+inline void next_order(std::vector<unsigned>& order, unsigned n) {
+    const char* mode = getenv("GPUCNN_HOSTEMU_ORDER");
+    order.resize(n);
+    for (unsigned i = 0; i < n; ++i) order[i] = i;
+    if (!mode || !strcmp(mode, "forward")) return;
+    if (!strcmp(mode, "reverse")) {
+        for (unsigned i = 0; i < n; ++i) order[i] = n - 1 - i;
+        return;
+    }
+    if (order_state == 0) {
+        const char* seed = getenv("GPUCNN_HOSTEMU_SEED");
+        order_state = (seed ? strtoull(seed, nullptr, 10) : 1) * 0x9E3779B97F4A7C15ull + 1;
+    }
+    for (unsigned i = n; i > 1; --i) {  // Fisher-Yates with xorshift64
+        order_state ^= order_state << 13;
+        order_state ^= order_state >> 7;
+        order_state ^= order_state << 17;
+        std::swap(order[i - 1], order[order_state % i]);
+    }
+}
+
 // Runs every block of the grid; returns 0, or 1 with `err` filled.
 inline int schedule(std::vector<Fiber>& fibers, const unsigned* grid, const unsigned* block) {
     const unsigned n = unsigned(fibers.size());
+    std::vector<unsigned> order;
     const unsigned nwarps = (n + 31) / 32;
     for (unsigned bz = 0; bz < grid[2]; ++bz)
         for (unsigned by = 0; by < grid[1]; ++by)
@@ -124,7 +152,9 @@ inline int schedule(std::vector<Fiber>& fibers, const unsigned* grid, const unsi
                     makecontext(&f.ctx, trampoline, 0);
                 }
                 for (;;) {
-                    for (unsigned i = 0; i < n; ++i) {
+                    next_order(order, n);
+                    for (unsigned j = 0; j < n; ++j) {
+                        const unsigned i = order[j];
                         if (fibers[i].wait != Wait::running) continue;
                         cur = &fibers[i];
                         swapcontext(&sched, &cur->ctx);

@@ -115,15 +115,18 @@ def load_mnist(directory, kind="train"):
     """Load MNIST (or any ubyte IDX image/label pair) from ``directory``.
 
     Reads ``train-images-idx3-ubyte`` / ``train-labels-idx1-ubyte`` (kind
-    'train') or the ``t10k-*`` pair (kind 'test'), plain or ``.gz`` (the plain
-    file wins if both exist). Returns x float32 (N, 1, rows, cols) in [0, 1]
-    and y int64 (N,).
+    'train') or the ``t10k-*`` pair (kind 'test'), also spelled with a dot
+    (``train-images.idx3-ubyte``, as many mirrors and archives name them),
+    plain or ``.gz``. The first that exists of: dashed, dotted, dashed ``.gz``,
+    dotted ``.gz``. Returns x float32 (N, 1, rows, cols) in [0, 1] and y int64
+    (N,).
     """
     _check_kind(kind)
     directory, prefix = Path(directory), "train" if kind == "train" else "t10k"
 
     def read(name, magic):
-        path = _find([directory / name, directory / (name + ".gz")])
+        dotted = name.replace("-idx", ".idx")  # train-images-idx3-ubyte -> train-images.idx3-ubyte
+        path = _find([directory / name, directory / dotted, directory / (name + ".gz"), directory / (dotted + ".gz")])
         return _parse_idx(_read(path), path, magic), path
 
     images, ipath = read(f"{prefix}-images-idx3-ubyte", IDX_IMAGES_MAGIC)

@@ -54,6 +54,26 @@ def test_mnist_hand_written_round_trip(tmp_path, gz, kind, prefix):
     assert 0.0 <= x.min() and x.max() <= 1.0
 
 
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("kind,prefix", [("train", "train"), ("test", "t10k")])
+def test_mnist_dotted_file_names(tmp_path, gz, kind, prefix):
+    """train-images.idx3-ubyte (a dot before idx, as many mirrors name the files) is read too, gzipped or not."""
+    images, labels = mnist_dir(tmp_path, prefix=prefix, gz=gz)
+    suffix = ".gz" if gz else ""
+    for name in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
+        (tmp_path / (name + suffix)).rename(tmp_path / (name.replace("-idx", ".idx") + suffix))
+    x, y = data.load_mnist(tmp_path, kind)
+    np.testing.assert_array_equal(x * 255, images[:, None])
+    np.testing.assert_array_equal(y, labels)
+
+
+def test_mnist_missing_file_lists_both_spellings(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        data.load_mnist(tmp_path)
+    for name in ("train-images-idx3-ubyte", "train-images.idx3-ubyte", "train-images.idx3-ubyte.gz"):
+        assert str(tmp_path / name) in str(e.value)
+
+
 def test_mnist_shape_from_header_and_write_idx(tmp_path):
     images = RNG.integers(0, 256, (5, 4, 6), dtype=np.uint8)
     labels = RNG.integers(0, 10, 5, dtype=np.uint8)

@@ -244,7 +244,12 @@ class Model:
         return OrderedDict((key, np.array(F.to_numpy(v))) for key, _, _, _, v in self._entries())
 
     def load_state_dict(self, state: dict) -> None:
-        """Strict: missing, unexpected, mis-shaped or mis-typed keys are one error listing them all."""
+        """Strict: missing, unexpected, mis-shaped or mis-typed keys are one error listing them all.
+
+        Like PyTorch's load_state_dict it does not look at the values: NaN and inf load as they are (a
+        model may be inspected after diverging). Loading from a file (load(), gpucnn.load_model) refuses
+        non-finite weights, naming the tensor and the file.
+        """
         entries = list(self._entries())
         expected = {key: v for key, _, _, _, v in entries}
         problems = []
@@ -259,6 +264,8 @@ class Model:
                 got = state[k]
                 if tuple(np.shape(got)) != tuple(v.shape):
                     problems.append(f"{k}: expected shape {tuple(v.shape)}, got {tuple(np.shape(got))}")
+                elif not hasattr(got, "dtype"):
+                    problems.append(f"{k}: expected an array, got {type(got).__name__}")
                 elif np.dtype(got.dtype) != self.dtype:
                     problems.append(f"{k}: expected dtype {self.dtype}, got {np.dtype(got.dtype)}")
         if problems:
@@ -316,17 +323,78 @@ class Model:
 
     @classmethod
     def from_config(cls, config: dict, seed: int | None = None) -> "Model":
+        """Build the model an architecture record (get_config(), as JSON gives it back) describes.
+
+        The record may come from a file made elsewhere, so it is checked, not trusted: every malformed
+        record is a ValueError saying what is wrong (never an IndexError, KeyError or TypeError) — a key
+        missing or of the wrong type, an unknown layer class or dtype, an input shape that is not positive
+        ints, a layer config its class refuses, an `inbound` index that is not an int naming an earlier
+        node (0 is the input, i + 1 the i-th layer; negative indices are refused, not counted from the
+        end), a merge layer (Add, Concatenate) with fewer than two parents or a plain layer without
+        exactly one, and a layer that does not lead to the output (get_config never writes one).
+        """
+        def bad(what):
+            return ValueError(f"malformed {FORMAT} architecture: {what}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not isinstance(config, dict):
+            raise bad(f"expected a JSON object, got {type(config).__name__}")
         if config.get("format") != FORMAT or config.get("version") != FORMAT_VERSION:
-            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} architecture: {config.get('format')!r} "
+            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} architecture: format {config.get('format')!r} "
                              f"v{config.get('version')!r}")
-        nodes: list[Node] = [Input(config["input_shape"])]
-        for spec in config["layers"]:
+        for key, kind in (("name", str), ("dtype", str), ("input_shape", list), ("layers", list)):
+            if key not in config:
+                raise bad(f"no {key!r}")
+            if not isinstance(config[key], kind):
+                raise bad(f"{key!r} must be a {kind.__name__}, got {config[key]!r}")
+        if config["dtype"] not in ("float32", "float64"):
+            raise bad(f"dtype must be 'float32' or 'float64', got {config['dtype']!r}")
+        shape = config["input_shape"]
+        if not shape or not all(is_int(s) and s > 0 for s in shape):
+            raise bad(f"input_shape must be positive ints such as [C, H, W], got {shape!r}")
+        if not config["layers"]:
+            raise bad("'layers' is empty")
+        nodes: list[Node] = [Input(shape)]
+        for i, spec in enumerate(config["layers"]):
+            where = f"layer {i}"
+            if not isinstance(spec, dict):
+                raise bad(f"{where} must be a JSON object, got {spec!r}")
+            for key, kind in (("class", str), ("name", str), ("config", dict), ("inbound", list)):
+                if key not in spec:
+                    raise bad(f"{where} has no {key!r}")
+                if not isinstance(spec[key], kind):
+                    raise bad(f"{where}: {key!r} must be a {kind.__name__}, got {spec[key]!r}")
+            where = f"layer {i} ({spec['class']} {spec['name']!r})"
             if spec["class"] not in LAYERS:
-                raise ValueError(f"unknown layer class {spec['class']!r} in architecture")
-            layer = LAYERS[spec["class"]](**spec["config"], name=spec["name"])
-            parents = [nodes[i] for i in spec["inbound"]]
-            nodes.append(layer(parents if layer.merge else parents[0]))
-        return Model(nodes[0], nodes[-1], seed=seed, dtype=config["dtype"], name=config["name"])
+                raise bad(f"{where}: unknown layer class {spec['class']!r}; known: {sorted(LAYERS)}")
+            layer_cls = LAYERS[spec["class"]]
+            inbound = spec["inbound"]
+            if not all(is_int(j) and 0 <= j < len(nodes) for j in inbound):
+                raise bad(f"{where}: inbound {inbound!r} must be indices of earlier nodes, ints in "
+                          f"[0, {len(nodes) - 1}] (0 is the input)")
+            if layer_cls.merge and len(inbound) < 2:
+                raise bad(f"{where}: {spec['class']} merges two or more inputs, inbound is {inbound!r}")
+            if not layer_cls.merge and len(inbound) != 1:
+                raise bad(f"{where}: {spec['class']} takes exactly one input, inbound is {inbound!r}")
+            if "name" in spec["config"]:
+                raise bad(f"{where}: 'name' belongs beside 'config', not in it")
+            parents = [nodes[j] for j in inbound]
+            try:
+                layer = layer_cls(**spec["config"], name=spec["name"])
+                nodes.append(layer(parents if layer.merge else parents[0]))
+            except Exception as e:  # the layer's own checks: the config or the input shape it gets
+                raise bad(f"{where}: {type(e).__name__}: {e}") from None
+        try:
+            model = Model(nodes[0], nodes[-1], seed=seed, dtype=config["dtype"], name=config["name"])
+        except Exception as e:  # duplicate layer names, a graph whose output does not depend on the input...
+            raise bad(f"{type(e).__name__}: {e}") from None
+        if len(model.layers) != len(config["layers"]):
+            used = {id(layer) for layer in model.layers}
+            dead = [n.layer.name for n in nodes[1:] if id(n.layer) not in used]
+            raise bad(f"layers {dead} do not lead to the output (the last layer)")
+        return model
 
     def save(self, path) -> None:
         """Write a .npz of plain arrays: every state_dict entry plus the architecture as JSON text."""
@@ -336,12 +404,29 @@ class Model:
             np.savez(f, **arrays)
 
     def load(self, path) -> None:
-        """Load weights saved by save(); refuses a file whose architecture differs from this model's."""
+        """Load weights saved by save(); refuses a file whose architecture differs from this model's.
+
+        Every refusal is a ValueError naming the file: an architecture that differs (or is malformed), a
+        weight that is not finite (NaN or inf, named), missing, unexpected or mis-shaped weights. Nothing
+        is loaded unless everything fits.
+        """
         config, state = _read(path)
-        difference = _first_difference(config, self.get_config())
+        mine = self.get_config()
+        try:
+            difference = _first_difference(config, mine)
+        except Exception as e:  # a malformed record (a layer without 'class', say) differs from ours
+            difference = f"malformed layer record ({type(e).__name__}: {e})"
+        if not difference and (json.dumps(dict(config, name=None), sort_keys=True)
+                               != json.dumps(dict(mine, name=None), sort_keys=True)):
+            difference = "equal values of other JSON types (true for 1, 1.0 for 1): not a record Model.save writes"
+        if not difference and not isinstance(config.get("name"), str):
+            difference = f"malformed record: the model's 'name' is {config.get('name')!r}, not a string"
         if difference:
             raise ValueError(f"{path}: architecture does not match this model: {difference}")
-        self.load_state_dict(state)
+        try:
+            self.load_state_dict(state)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     # ----------------------------------------------------------------- training (gpucnn.train)
     def compile(self, optimizer="adam"):
@@ -381,6 +466,10 @@ def _first_difference(saved: dict, mine: dict) -> str | None:
 
 
 def _read(path):
+    """(architecture record, arrays) of a file written by Model.save; anything else is a ValueError naming
+    the file (a missing file stays FileNotFoundError): not an .npz, no architecture or one that is not a
+    JSON object, a weight that is not finite (NaN or inf, named). The file-loading path refuses
+    non-finite weights; load_state_dict, like PyTorch's, does not look at values."""
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
@@ -392,16 +481,31 @@ def _read(path):
         raise ValueError(f"{path}: no architecture inside; not a file written by Model.save")
     try:
         config = json.loads(str(data.pop("__architecture__")))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: corrupt architecture ({e})") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: corrupt architecture ({type(e).__name__}: {e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: corrupt architecture (a JSON {type(config).__name__}, not an object)")
+    for key, a in data.items():
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+            raise ValueError(f"{path}: {key} is not finite ({nan} NaN, {inf} inf of {a.size} values); "
+                             "refusing to load it")
     return config, data
 
 
 def load_model(path, seed: int | None = None) -> Model:
-    """Rebuild a model saved with Model.save and load its weights."""
+    """Rebuild a model saved with Model.save and load its weights.
+
+    Every problem with the file is a ValueError naming it (a missing file is FileNotFoundError): not a
+    model file, a malformed architecture record (see Model.from_config), a weight that is not finite,
+    missing, unexpected or mis-shaped weights.
+    """
     config, state = _read(path)
-    model = Model.from_config(config, seed=seed)
-    model.load_state_dict(state)
+    try:
+        model = Model.from_config(config, seed=seed)
+        model.load_state_dict(state)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     return model
 
 

@@ -251,6 +251,118 @@ def test_functional_api_on_numba():
         assert isinstance(float(F.to_numpy(loss)), float)
 
 
+# --------------------------------------------------------------------------- the GPU geometry in the simulator
+
+# The simulator runs the dense kernels with dense.SIM_TILE (8) and batch norm with 64-thread blocks, a GPU
+# with dense.GPU_TILE (16) and dense.GPU_REDUCE_THREADS (256). These tests run the GPU geometry in the
+# simulator on small shapes that are not multiples of the tile and span several tiles (about a thousand
+# simulated threads per launch at most), and check from the recorded launches that it was the one used.
+
+def _closure(kernel):
+    """The compile-time values a kernel factory froze into `kernel` (its closure), by name."""
+    fn = kernel.py_func
+    return dict(zip(fn.__code__.co_freevars, (c.cell_contents for c in fn.__closure__ or ())))
+
+
+class _LaunchSpy:
+    """Stands in for a kernel: records (factory, closure, grid, block) of every launch, then launches."""
+
+    def __init__(self, kernel, factory, log):
+        self.kernel, self.factory, self.log = kernel, factory, log
+
+    def __getitem__(self, config):
+        grid, block = (tuple(np.atleast_1d(c).tolist() + [1] * (3 - np.size(c))) for c in config[:2])  # 3-D
+        self.log.append((self.factory, _closure(self.kernel), grid, block))
+        return self.kernel[config]
+
+
+@pytest.fixture
+def gpu_geometry(monkeypatch):
+    """dense.TILE = GPU_TILE for the test; returns the list of launches made through `_kernel`."""
+    from gpucnn.backends.numba import dense
+
+    log = []
+    real = dense._kernel
+
+    def spy(cache, factory, dtype, *params):
+        return _LaunchSpy(real(cache, factory, dtype, *params), factory.__name__, log)
+
+    monkeypatch.setattr(dense, "TILE", dense.GPU_TILE)
+    monkeypatch.setattr(dense, "_kernel", spy)
+    return log
+
+
+def test_linear_gpu_tile_in_the_simulator(gpu_geometry):
+    from gpucnn.backends.numba import dense
+
+    t = dense.GPU_TILE
+    assert t != dense.SIM_TILE and t == 16
+    n, i, o = 5, 20, 18  # none a multiple of 16; out (o) and depth (i) span two tiles
+    rng = np.random.default_rng(21)
+    x, w, b, dy = rand(rng, n, i), rand(rng, o, i), rand(rng, o), rand(rng, n, o)
+    ref, nb = ops("linear")
+    check(nb(x, w, b, (n, o)), ref(x, w, b, (n, o)), name="y")
+    ref_b, nb_b = ops("linear_backward")
+    for got, want, name in zip(nb_b(dy, x, w), ref_b(dy, x, w), ("dx", "dw", "db")):
+        check(got, want, name=name)
+    launches = [(f, c["tile"], g, blk) for f, c, g, blk in gpu_geometry]
+    assert launches == [
+        ("_make_matmul", t, (2, 1, 1), (t, t, 1)),  # y (5, 18), depth 20
+        ("_make_matmul", t, (2, 1, 1), (t, t, 1)),  # dx (5, 20), depth 18
+        ("_make_matmul", t, (2, 2, 1), (t, t, 1)),  # dw (18, 20), depth 5
+        ("_make_col_sum", t, (2, 1, 1), (t, dense.SUM_LANES, 1)),  # db (18,)
+    ], launches
+
+
+def test_softmax_cross_entropy_gpu_tile_in_the_simulator(gpu_geometry):
+    from gpucnn.backends.numba import dense
+
+    n, classes = 19, 7  # the batch mean: one 16-column block whose lanes stride over 19 rows
+    rng = np.random.default_rng(22)
+    logits, labels = rand(rng, n, classes, scale=3.0), rng.integers(0, classes, n)
+    ref, nb = ops("softmax_cross_entropy")
+    (loss, d), (want_loss, want_d) = nb(logits, labels), ref(logits, labels)
+    check(loss, want_loss, name="loss")
+    check(d, want_d, name="dlogits")
+    t = dense.GPU_TILE
+    assert [(f, c["tile"], g, blk) for f, c, g, blk in gpu_geometry] == [
+        ("_make_col_sum", t, (1, 1, 1), (t, dense.SUM_LANES, 1))]
+
+
+def test_batch_norm_gpu_threads_in_the_simulator(monkeypatch):
+    """Batch norm's per-channel reductions with 256-thread blocks. norm.py imports REDUCE_THREADS by value
+    and its kernels read it as a global: the simulator reads globals at run time, so patching both modules
+    selects the GPU block here (on a GPU it is already the value compiled in)."""
+    from gpucnn.backends.numba import dense, norm
+
+    threads = dense.GPU_REDUCE_THREADS
+    assert threads != 64
+    monkeypatch.setattr(dense, "REDUCE_THREADS", threads)
+    monkeypatch.setattr(norm, "REDUCE_THREADS", threads)
+    log = []
+    real = norm._kernel
+    monkeypatch.setattr(norm, "_kernel",
+                        lambda cache, factory, dtype: _LaunchSpy(real(cache, factory, dtype), factory.__name__, log))
+    shape = (5, 2, 7, 8)  # 280 values per channel: threads stride past 256, unevenly
+    rng = np.random.default_rng(23)
+    x, w, b, dy = rand(rng, *shape, scale=2.0) + np.float32(0.5), rand(rng, 2), rand(rng, 2), rand(rng, *shape)
+    rm, rv = rand(rng, 2), (rng.random(2) + 0.5).astype(np.float32)
+    ref, nb = ops("batch_norm")
+    rm_ref, rv_ref, rm_dev, rv_dev = rm.copy(), rv.copy(), dev(rm), dev(rv)
+    want = ref(x, rm_ref, rv_ref, w, b, True, 0.1, 1e-5)
+    got = nb(x, rm_dev, rv_dev, w, b, True, 0.1, 1e-5)
+    for g, e, name in zip(got, want, ("y", "save_mean", "save_invstd")):
+        check(g, e, name=name)
+    check(rm_dev, rm_ref, name="running_mean")
+    check(rv_dev, rv_ref, name="running_var")
+    ref_b, nb_b = ops("batch_norm_backward")
+    for g, e, name in zip(nb_b(dy, x, w, got[1], got[2], True), ref_b(dy, x, w, want[1], want[2], True),
+                          ("dx", "dweight", "dbias")):
+        check(g, e, atol=1e-5, name=name)
+    assert [(f, g, blk) for f, _, g, blk in log] == [
+        ("_make_bn_stats", (2, 1, 1), (threads, 1, 1)), ("_make_bn_backward_reduce", (2, 1, 1), (threads, 1, 1))]
+
+
 # --------------------------------------------------------------------------- float32 discipline
 
 # Types every kernel for the real CUDA target (Numba's typing and LLVM lowering: no GPU, driver or

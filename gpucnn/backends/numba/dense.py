@@ -2,11 +2,11 @@
 
 Kernels, each beside its launcher:
 
-- `matmul` (one per float dtype, built by `_kernel`): C = op(A) @ op(B) (+ bias per column), op a
-  transpose chosen by a flag. Each (TILE, TILE) block stages one TILE x TILE tile of op(A) and of
+- `matmul` (one per float dtype and tile, built by `_kernel`): C = op(A) @ op(B) (+ bias per column),
+  op a transpose chosen by a flag. Each (TILE, TILE) block stages one TILE x TILE tile of op(A) and of
   op(B) in shared memory per step along K, zero-filled past the edges, so any sizes work.
   `linear` is x @ w.T + b; `linear_backward` reuses it for dx = dy @ w and dw = dy.T @ x.
-- `col_sum` (per dtype): a block per TILE columns, SUM_LANES threads per column striding over the
+- `col_sum` (per dtype and tile): a block per TILE columns, SUM_LANES threads per column striding over the
   rows, then a shared-memory tree reduction over the lanes; db of linear, and the batch mean of the loss.
 - `tree_sum`: the device function of the per-channel tree reductions in norm.py.
 - `_softmax_rows`, `_softmax_backward_rows`: one thread per softmax row (the max subtracted first);
@@ -32,11 +32,18 @@ from . import _common
 
 B = "numba"
 
-# Shared-memory sizes (module constants, frozen into the kernels when they compile). The simulator
-# runs each thread as a Python thread, so it gets small blocks; a GPU gets 16 x 16 tiles.
-TILE = 8 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else 16
-REDUCE_THREADS = 64 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else 256  # one block's threads
-# in a per-channel reduction (batch norm); a power of two: the tree halves it
+# Launch geometry. TILE is the side of the matmul tiles and the columns per `col_sum` block; the
+# launchers read it at every launch and pass it to the kernel factory, which freezes it into the
+# kernel it compiles (shared arrays need a constant size; one kernel per dtype and tile). A GPU gets
+# 16 x 16 tiles; the simulator runs each thread as a Python thread, so it gets small blocks by
+# default. Tests set TILE = GPU_TILE to run the GPU geometry in the simulator on small shapes.
+GPU_TILE = 16
+SIM_TILE = 8
+TILE = SIM_TILE if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else GPU_TILE
+GPU_REDUCE_THREADS = 256
+REDUCE_THREADS = 64 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else GPU_REDUCE_THREADS  # one block's
+# threads in a per-channel reduction (batch norm); a power of two: the tree halves it. A module constant
+# read by `tree_sum` here and by norm.py, which imports it by value: not selectable per launch like TILE.
 SUM_LANES = 8  # row lanes per column in `col_sum`; a power of two
 ROW_THREADS = 64  # threads per block of the one-thread-per-row kernels
 
@@ -61,14 +68,16 @@ def _scalars(dtype, *values):
     return tuple(t(v) for v in values)
 
 
-def _kernel(cache, factory, dtype):
-    """The kernel `factory` builds for `dtype` (shared arrays need their dtype at compile time)."""
+def _kernel(cache, factory, dtype, *params):
+    """The kernel `factory(numba dtype, *params)` builds for `dtype` and compile-time `params` (shared
+    arrays need their dtype and size at compile time); one per (dtype, *params), built once."""
     dtype = np.dtype(dtype)
-    k = cache.get(dtype)
+    key = (dtype, *params)
+    k = cache.get(key)
     if k is None:
         if dtype not in _NUMBA_TYPES:
             raise TypeError(f"numba kernels take float32 or float64 arrays, got {dtype}")
-        k = cache[dtype] = factory(_NUMBA_TYPES[dtype])
+        k = cache[key] = factory(_NUMBA_TYPES[dtype], *params)
     return k
 
 
@@ -85,21 +94,24 @@ def tree_sum(s, tid):
 
 # --------------------------------------------------------------------------- matrix product
 
-def _make_matmul(dt):
+def _make_matmul(dt, tile=None):
+    """The matmul kernel for numba dtype `dt` and a (tile, tile) block (default: the current TILE)."""
+    tile = TILE if tile is None else int(tile)
+
     @cuda.jit
     def matmul(a, b, bias, c, trans_a, trans_b, has_bias, zero):
         """c[m, n] = sum_k opA[m, k] * opB[k, n] (+ bias[n]); opA = a.T if trans_a, opB = b.T if trans_b."""
-        sa = cuda.shared.array((TILE, TILE), dt)
-        sb = cuda.shared.array((TILE, TILE), dt)
+        sa = cuda.shared.array((tile, tile), dt)
+        sb = cuda.shared.array((tile, tile), dt)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        row = cuda.blockIdx.y * TILE + ty
-        col = cuda.blockIdx.x * TILE + tx
+        row = cuda.blockIdx.y * tile + ty
+        col = cuda.blockIdx.x * tile + tx
         rows = c.shape[0]
         cols = c.shape[1]
         depth = a.shape[0] if trans_a else a.shape[1]
         acc = zero
-        for k0 in range(0, depth, TILE):  # every thread runs every step: they all reach the barriers
+        for k0 in range(0, depth, tile):  # every thread runs every step: they all reach the barriers
             ka = k0 + tx
             if row < rows and ka < depth:
                 sa[ty, tx] = a[ka, row] if trans_a else a[row, ka]
@@ -111,7 +123,7 @@ def _make_matmul(dt):
             else:
                 sb[ty, tx] = zero
             cuda.syncthreads()
-            for k in range(TILE):
+            for k in range(tile):
                 acc += sa[ty, k] * sb[k, tx]
             cuda.syncthreads()
         if row < rows and col < cols:
@@ -133,25 +145,29 @@ def _matmul(a, b, trans_a=False, trans_b=False, bias=None):
     if out.size == 0:
         return out
     (zero,) = _scalars(a.dtype, 0)
-    grid = _common.grid_2d(rows, cols, TILE, TILE)  # (column tiles, row tiles)
-    kernel = _kernel(_matmul_kernels, _make_matmul, a.dtype)
+    tile = TILE
+    grid = _common.grid_2d(rows, cols, tile, tile)  # (column tiles, row tiles)
+    kernel = _kernel(_matmul_kernels, _make_matmul, a.dtype, tile)
     dummy = _common.flat(out)  # a 1-D array of the dtype where there is no bias (never read)
-    kernel[grid, (TILE, TILE)](a, b, dummy if bias is None else bias, out, trans_a, trans_b, bias is not None, zero)
+    kernel[grid, (tile, tile)](a, b, dummy if bias is None else bias, out, trans_a, trans_b, bias is not None, zero)
     return out
 
 
 # --------------------------------------------------------------------------- column sums
 
-def _make_col_sum(dt):
+def _make_col_sum(dt, tile=None):
+    """The col_sum kernel for numba dtype `dt` and `tile` columns per block (default: the current TILE)."""
+    tile = TILE if tile is None else int(tile)
+
     @cuda.jit
     def col_sum(a, out, zero, divisor):
-        """out[j] = sum_i a[i, j] / divisor. A (TILE, SUM_LANES) block owns TILE columns (adjacent
+        """out[j] = sum_i a[i, j] / divisor. A (tile, SUM_LANES) block owns `tile` columns (adjacent
         threads read adjacent columns); its SUM_LANES lanes stride over the rows, then a shared-memory
         tree sums the lanes of each column."""
-        s = cuda.shared.array((SUM_LANES, TILE), dt)
+        s = cuda.shared.array((SUM_LANES, tile), dt)
         tx = cuda.threadIdx.x
         lane = cuda.threadIdx.y
-        j = cuda.blockIdx.x * TILE + tx
+        j = cuda.blockIdx.x * tile + tx
         acc = zero
         if j < a.shape[1]:
             for i in range(lane, a.shape[0], SUM_LANES):
@@ -179,9 +195,10 @@ def _col_sum(a, divisor=1):
     if out.size == 0:
         return out
     zero, div = _scalars(a.dtype, 0, divisor)
-    blocks, _ = _common.grid_2d(1, a.shape[1], 1, TILE)  # column tiles
-    kernel = _kernel(_col_sum_kernels, _make_col_sum, a.dtype)
-    kernel[blocks, (TILE, SUM_LANES)](a, out, zero, div)
+    tile = TILE
+    blocks, _ = _common.grid_2d(1, a.shape[1], 1, tile)  # column tiles
+    kernel = _kernel(_col_sum_kernels, _make_col_sum, a.dtype, tile)
+    kernel[blocks, (tile, SUM_LANES)](a, out, zero, div)
     return out
 
 

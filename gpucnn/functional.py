@@ -21,7 +21,7 @@ __all__ = [
     "linear", "linear_backward", "softmax", "log_softmax", "softmax_backward",
     "softmax_cross_entropy", "dropout", "dropout_backward", "batch_norm", "batch_norm_backward",
     "add", "concat", "concat_backward", "sgd_step", "adam_step",
-    "asarray", "to_numpy", "zeros_like",
+    "asarray", "to_numpy", "zeros_like", "check_label_errors",
 ]
 
 
@@ -214,13 +214,36 @@ def softmax_backward(dy, y, dim=1):
 def softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
 
-    logits (N, classes); labels (N,) integer class indices. Returns
-    (loss, dlogits): loss a 0-d array of the logits' dtype, stable for large
-    logits; dlogits = (softmax(logits) - one_hot(labels)) / N.
+    logits (N, classes); labels: integer class indices (N,) or (N, 1), or on
+    the host float one-hot rows (N, classes). Returns (loss, dlogits): loss a
+    0-d array of the logits' dtype, stable for large logits; dlogits =
+    (softmax(logits) - one_hot(labels)) / N.
+
+    Host labels out of range raise ValueError here. Device labels are not read
+    back to check them (a synchronization per call, illegal in a CUDA-graph
+    capture): a row with a label out of range gets a NaN loss and a zero
+    gradient, and the kernel records it for ``check_label_errors``.
     """
     shapes.check_array(logits, "logits", 2)
-    shapes.check_labels(labels, logits.shape[0], logits.shape[1])
+    labels = shapes.class_indices(labels, logits.shape[0], logits.shape[1])
     return dispatch("softmax_cross_entropy", logits, labels)
+
+
+def check_label_errors(reset=True) -> None:
+    """Raise ValueError if a softmax_cross_entropy on device labels met a label out of range.
+
+    The loss kernels record the first such label on the device; this reads the
+    record (one device-to-host copy: call it where you synchronize anyway, as
+    ``fit`` does once an epoch) and, with reset=True, clears it. The error names
+    the loss call, counted from 0 since the last reset (in fit: the batch of
+    the epoch), the row, the label and the number of classes.
+    """
+    err = dispatch("label_errors", bool(reset))
+    if err is not None:
+        call, row, label, classes = err
+        raise ValueError(f"label {label} at row {row} of loss call {call} (counted from 0 since the last check; "
+                         f"in fit, the batch of the epoch) is outside [0, {classes}): labels must be class indices "
+                         f"below the number of classes")
 
 
 # --------------------------------------------------------------------------- regularization

@@ -95,19 +95,54 @@ def check_shape(a, name: str, expected: tuple) -> None:
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(a.shape)}")
 
 
-def check_labels(labels, n: int, num_classes: int) -> None:
-    """Integer class indices of shape (n,) within [0, num_classes)."""
+def class_indices(labels, n: int, num_classes: int | None, what: str = "labels"):
+    """Labels as (n,) integer class indices: the one reading of labels for fit, evaluate and the loss.
+
+    Accepted: integer class indices of shape (n,) or (n, 1) (what pandas and Keras users hold; Keras's
+    sparse categorical cross-entropy reads (n, 1) so), and, on the host, float one-hot rows (n,
+    num_classes) with exactly one 1 per row. Anything else -- another width, (n, k) integers, rows that
+    are not one-hot, float class indices -- is an error saying what came and what was expected.
+
+    Host (NumPy) labels are checked to lie in [0, num_classes) here. Device labels are never read on
+    the host (that would synchronize on every loss call, and is illegal inside a CUDA-graph capture):
+    the loss kernels record a label out of range on the device instead (see
+    functional.check_label_errors). Returns the labels as class indices (a view where possible).
+    """
     if not (hasattr(labels, "shape") and hasattr(labels, "dtype")):
-        raise TypeError(f"labels must be an integer array, got {type(labels).__name__}")
-    if np.dtype(labels.dtype).kind not in "iu":
-        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
-    if tuple(labels.shape) != (n,):
-        raise ValueError(f"labels must have shape ({n},) to match the logits, got {tuple(labels.shape)}")
-    host = labels if isinstance(labels, np.ndarray) else _to_host(labels)
-    if n and (host.min() < 0 or host.max() >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got values from {host.min()} to {host.max()}"
-        )
+        raise TypeError(f"{what} must be an array of integer class indices, got {type(labels).__name__}")
+    shape, dtype = tuple(labels.shape), np.dtype(labels.dtype)
+    host = isinstance(labels, np.ndarray)
+    expected = (f"class indices of shape ({n},) or ({n}, 1)"
+                + (f", or float one-hot rows of shape ({n}, {num_classes})" if num_classes else ""))
+    if len(shape) == 2 and dtype.kind == "f":
+        if not host:
+            raise TypeError(f"{what}: one-hot rows on the device cannot be checked without a host copy; "
+                            f"pass {expected.split(', or')[0]} (argmax the rows yourself), got {_describe(labels)}")
+        if shape[0] != n or (num_classes is not None and shape[1] != num_classes):
+            raise ValueError(f"{what}: expected {expected}, got one-hot rows of shape {shape}"
+                             + (f" (the model has {num_classes} outputs)" if num_classes else ""))
+        ones = labels == 1
+        bad = ~((ones | (labels == 0)).all(axis=1) & (ones.sum(axis=1) == 1))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(f"{what}: float rows must be one-hot (exactly one 1, the rest 0), but row {row} is "
+                             f"{np.array2string(labels[row], threshold=12)}; expected {expected}")
+        return ones.argmax(axis=1)
+    if dtype.kind not in "iu":
+        raise TypeError(f"{what} must be integer class indices ({expected}), got {_describe(labels)}")
+    if len(shape) == 2 and shape[1] == 1 and shape[0] == n:
+        labels = labels.reshape(n)
+    elif shape != (n,):
+        extra = (" (integer rows of several columns are ambiguous: one-hot rows must be float)"
+                 if len(shape) == 2 and shape[0] == n else "")
+        raise ValueError(f"{what}: expected {expected}, got shape {shape}{extra}")
+    if host and n and num_classes is not None:
+        low, high = labels.min(), labels.max()
+        if low < 0 or high >= num_classes:
+            row = int(np.argmax((labels < 0) | (labels >= num_classes)))
+            raise ValueError(f"{what} must lie in [0, {num_classes}), got values from {low} to {high} "
+                             f"(first bad one: {labels[row]} at row {row})")
+    return labels
 
 
 def check_indices(indices, out_shape: tuple, plane_size: int) -> None:

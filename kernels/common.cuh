@@ -13,9 +13,17 @@ typedef unsigned long long uint64_t;
 
 #define GPUCNN_THREADS 256  // threads per block of every tiled kernel
 
-// One thread per element, striding over the grid: for (int i = first; i < n; i += stride).
-#define GRID_STRIDE_LOOP(i, n) \
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += blockDim.x * gridDim.x)
+// One thread per element, striding over the grid: i = first, first + stride, ... while i < n, with
+// `i` an int in the body. The counter is unsigned: every n the launchers accept is below 2^31 and a
+// stride is below 2^26 (65535 blocks of at most 1024 threads), so first + k * stride never wraps,
+// where an int counter would overflow (undefined behaviour) on the last step near n = 2^31.
+#define GRID_STRIDE_LOOP(i, n)                                                                     \
+    for (unsigned i##_u = blockIdx.x * blockDim.x + threadIdx.x, i##_stride = blockDim.x * gridDim.x; \
+         i##_u < unsigned(n); i##_u += i##_stride)                                                 \
+        if (const int i = int(i##_u); true)
+
+// The thread's index in a 1-D grid, unsigned (the tails of the vectorized loops add it to n & ~3).
+__device__ __forceinline__ unsigned grid_thread() { return blockIdx.x * blockDim.x + threadIdx.x; }
 
 __device__ __forceinline__ unsigned umulhi32(unsigned a, unsigned b) {
 #ifdef GPUCNN_HOSTEMU

@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(GPUCNN_THREADS)
 conv2d_wgrad(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ ws,
              int steps_per_split, CONV_ARGS) {
     WgradProblem p(x, dy, ws, CONV_DIMS);
-    p.out = ws + blockIdx.z * p.M * p.N;
+    p.out = ws + size_t(blockIdx.z) * p.M * p.N;
     const int steps = (p.K + gemm::BK - 1) / gemm::BK;
     const int begin = blockIdx.z * steps_per_split;
     const int end = begin + steps_per_split < steps ? begin + steps_per_split : steps;

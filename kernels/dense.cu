@@ -82,7 +82,7 @@ template <int BM, int BN, bool TF32>
 __global__ void __launch_bounds__(GPUCNN_THREADS)
 linear_wgrad(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ ws, int steps_per_split,
              int B, int I, int O) {
-    const LinearWgrad p{x, dy, ws + blockIdx.z * I * O, I, O, B};
+    const LinearWgrad p{x, dy, ws + size_t(blockIdx.z) * I * O, I, O, B};
     const int steps = (B + gemm::BK - 1) / gemm::BK;
     const int begin = blockIdx.z * steps_per_split;
     const int end = begin + steps_per_split < steps ? begin + steps_per_split : steps;

@@ -22,8 +22,10 @@ __device__ __forceinline__ void map1(const float* __restrict__ x, float* __restr
             const float4 a = __ldg(x4 + i);
             y4[i] = make_float4(op(a.x), op(a.y), op(a.z), op(a.w));
         }
-        const int t = (n4 << 2) + int(blockIdx.x * blockDim.x + threadIdx.x);  // the n % 4 tail
-        if (t < n) y[t] = op(x[t]);
+        if (const unsigned k = grid_thread(); k < unsigned(n & 3)) {  // the n % 4 tail
+            const int t = (n4 << 2) + int(k);
+            y[t] = op(x[t]);
+        }
     } else {
         GRID_STRIDE_LOOP(i, n) y[i] = op(x[i]);
     }
@@ -42,8 +44,10 @@ __device__ __forceinline__ void map2(const float* __restrict__ a, const float* _
             const float4 u = __ldg(a4 + i), v = __ldg(b4 + i);
             c4[i] = make_float4(op(u.x, v.x), op(u.y, v.y), op(u.z, v.z), op(u.w, v.w));
         }
-        const int t = (n4 << 2) + int(blockIdx.x * blockDim.x + threadIdx.x);
-        if (t < n) c[t] = op(a[t], b[t]);
+        if (const unsigned k = grid_thread(); k < unsigned(n & 3)) {
+            const int t = (n4 << 2) + int(k);
+            c[t] = op(a[t], b[t]);
+        }
     } else {
         GRID_STRIDE_LOOP(i, n) c[i] = op(a[i], b[i]);
     }
@@ -115,8 +119,8 @@ __global__ void dropout_fwd(const float* __restrict__ x, float* __restrict__ y, 
             m4[i] = m;
             y4[i] = make_float4(a.x * m.x, a.y * m.y, a.z * m.z, a.w * m.w);
         }
-        const int t = (n4 << 2) + int(blockIdx.x * blockDim.x + threadIdx.x);
-        if (t < n) {
+        if (const unsigned k = grid_thread(); k < unsigned(n & 3)) {
+            const int t = (n4 << 2) + int(k);
             const float m = dropout_keep(key, threshold, scale, t);
             mask[t] = m;
             y[t] = x[t] * m;

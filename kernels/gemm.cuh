@@ -215,7 +215,7 @@ __device__ __forceinline__ void block_tile(const P& p, int m0, int n0, int kt_be
 extern "C" __global__ void splitk_reduce(const float* __restrict__ ws, float* __restrict__ out, int n, int splits) {
     GRID_STRIDE_LOOP(i, n) {
         float v = 0.f;
-        for (int s = 0; s < splits; ++s) v += ws[s * n + i];
+        for (int s = 0; s < splits; ++s) v += ws[size_t(s) * n + i];
         out[i] = v;
     }
 }

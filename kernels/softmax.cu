@@ -20,10 +20,12 @@ __device__ __forceinline__ float warp_allmax(float v) {
     return v;
 }
 
-// The warp-per-row loop: warp `w` of the grid takes rows w, w + warps, ...
-#define WARP_ROW_LOOP(r, rows)                                                             \
-    for (int r = int((blockIdx.x * blockDim.x + threadIdx.x) >> 5); r < (rows); \
-         r += int((gridDim.x * blockDim.x) >> 5))
+// The warp-per-row loop: warp `w` of the grid takes rows w, w + warps, ...; `r` an int in the body,
+// the counter unsigned so that it cannot overflow near rows = 2^31 (see GRID_STRIDE_LOOP).
+#define WARP_ROW_LOOP(r, rows)                                                                     \
+    for (unsigned r##_u = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, r##_stride = (gridDim.x * blockDim.x) >> 5; \
+         r##_u < unsigned(rows); r##_u += r##_stride)                                              \
+        if (const int r = int(r##_u); true)
 
 // --------------------------------------------------------------------------- forward
 
@@ -102,23 +104,41 @@ extern "C" __global__ void softmax_bwd_strided(const float* __restrict__ dy, con
 
 // --------------------------------------------------------------------------- fused loss
 
-// Mean cross-entropy of softmax(logits) (n, c) against integer labels, and its gradient, in one
-// launch. One warp per row: the stable log-sum-exp ls, row_loss[r] = -((x[label] - max) - ls), and
-// the row of dlogits = (exp((x - max) - ls) - onehot) / n. Then the last block to finish (an
-// integer atomic ticket on `counter`, zero at launch and left zero) sums row_loss in a fixed order
-// (each thread a fixed stride of rows, then the block tree): the mean loss is deterministic, with
-// no float atomics. L: the labels' integer type (int or long long).
+// The device's record of labels out of range, so the host never reads labels to check them (a
+// synchronization on every loss call, and illegal inside a CUDA-graph capture):
+//   err[0] first bad launch (-1: none), err[1] its row, err[2] its label (clamped to int),
+//   err[3] the classes of that launch, err[4] loss launches since the host last reset the record.
+// The host resets it and reads it where it synchronizes anyway (once an epoch in fit).
+enum { XENT_ERR_LAUNCH, XENT_ERR_ROW, XENT_ERR_LABEL, XENT_ERR_CLASSES, XENT_ERR_COUNT, XENT_ERR_SIZE };
+
+// Softmax cross-entropy of logits (n, c) against integer labels, and its gradient, row by row: one
+// warp per row computes the stable log-sum-exp ls, row_loss[r] = -((x[label] - max) - ls) and the
+// row of dlogits = (exp((x - max) - ls) - onehot) / n. The label only selects which column gets the
+// one-hot term (no load is addressed by it), so a bad label cannot read outside its row: such a row
+// gets a NaN loss and a zero gradient, and the first one is recorded in `err`.
+// L: the labels' integer type (int or long long).
 template <class L>
 __global__ void softmax_xent(const float* __restrict__ logits, const L* __restrict__ labels,
-                             float* __restrict__ dlogits, float* row_loss, unsigned* counter, float* __restrict__ loss,
+                             float* __restrict__ dlogits, float* __restrict__ row_loss, int* __restrict__ err,
                              int n, int c, float nf) {
-    __shared__ float scratch[32];
-    __shared__ int last;
     const int lane = threadIdx.x & 31;
     WARP_ROW_LOOP(r, n) {
         const float* __restrict__ xr = logits + size_t(r) * c;
         float* __restrict__ dr = dlogits + size_t(r) * c;
-        const int label = int(labels[r]);
+        const L raw = labels[r];
+        if (raw < 0 || raw >= L(c)) {  // warp-uniform: the whole warp holds row r
+            for (int j = lane; j < c; j += 32) dr[j] = 0.f;
+            if (lane == 0) {
+                row_loss[r] = __int_as_float(0x7fc00000);  // NaN
+                if (atomicCAS(&err[XENT_ERR_LAUNCH], -1, err[XENT_ERR_COUNT]) == -1) {
+                    err[XENT_ERR_ROW] = r;
+                    err[XENT_ERR_LABEL] = raw < L(-2147483647) ? -2147483647 : raw > L(2147483647) ? 2147483647 : int(raw);
+                    err[XENT_ERR_CLASSES] = c;
+                }
+            }
+            continue;
+        }
+        const int label = int(raw);
         float mx = xr[0];
         for (int j = lane; j < c; j += 32) mx = fmaxf(mx, xr[j]);
         mx = warp_allmax(mx);
@@ -131,20 +151,21 @@ __global__ void softmax_xent(const float* __restrict__ logits, const L* __restri
             if (j == label) row_loss[r] = -logp;
         }
     }
-    __threadfence();  // this block's row losses are visible to every block before it takes a ticket
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (last) {  // block-uniform: every thread of the last block reaches block_sum's barriers
-        __threadfence();
-        const volatile float* rl = row_loss;
-        float acc = 0.f;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) acc += rl[i];
-        acc = block_sum(acc, scratch);
-        if (threadIdx.x == 0) {
-            *loss = acc / nf;
-            *counter = 0u;
-        }
+}
+
+// loss = mean(row_loss) in a fixed order (each thread a fixed stride of rows, then the block tree):
+// deterministic, no float atomics, and no state shared between launches (the rows kernel and this one
+// are two launches, ordered by their stream). Then counts the launch in err[XENT_ERR_COUNT].
+// One block of GPUCNN_THREADS.
+extern "C" __global__ void __launch_bounds__(GPUCNN_THREADS)
+xent_mean(const float* __restrict__ row_loss, float* __restrict__ loss, int* __restrict__ err, int n, float nf) {
+    __shared__ float scratch[32];
+    float acc = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) acc += row_loss[i];
+    acc = block_sum(acc, scratch);
+    if (threadIdx.x == 0) {
+        *loss = acc / nf;
+        err[XENT_ERR_COUNT] += 1;
     }
 }
 

@@ -1,7 +1,8 @@
 """Shared by the CuPy-backend tests: skip when the backend cannot run, poison outputs, compare to NumPy.
 
 Without a GPU the backend runs emulated (tests/conftest.py sets GPUCNN_CUPY_EMULATE=1): the very same
-kernels/*.cu compiled for the CPU by g++ through gpucnn/backends/cupy/hostemu.h, NumPy arrays in and out.
+kernels/*.cu compiled for the CPU by g++ through gpucnn/backends/cupy/hostemu.h, with emucupy's device arrays
+(NumPy memory that refuses implicit host conversion, as cupy.ndarray does).
 On a GPU machine the same tests run the kernels on the GPU through CuPy.
 """
 import numpy as np
@@ -25,13 +26,19 @@ def poison(monkeypatch):
 
 
 def host(a):
-    """A cupy-backend result on the host; it must be the backend's own array type."""
+    """A cupy-backend result on the host; it must be the backend's own device array type (emucupy's when
+    emulated: a NumPy array coming out of the backend would be a host array the GPU never had)."""
     if EMULATED:
-        assert isinstance(a, np.ndarray)
-        return a
+        assert isinstance(a, _runtime.xp.ndarray), f"expected an (emulated) device array, got {type(a)}"
+        return a.get()
     import cupy  # pragma: no cover - GPU only
     assert isinstance(a, cupy.ndarray), f"expected a CuPy array, got {type(a)}"
     return cupy.asnumpy(a)
+
+
+def device(a):
+    """A host array uploaded to the cupy backend's device (a copy)."""
+    return _runtime.xp.asarray(a)
 
 
 def run(op, *args, **kwargs):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gpucnn
-from cupy_support import host, ref, run
+from cupy_support import device, host, ref, run
 from helpers import assert_close
 from test_functional import CONV_CASES, CONV_IDS
 
@@ -133,19 +133,18 @@ def test_linear_matches_numpy(n, i, o):
 def test_linear_misaligned_input_takes_the_scalar_path():
     """A contiguous but not 16-byte-aligned x must not be read with float4 loads (a GPU would fault)."""
     rng = np.random.default_rng(9)
-    buf = rng.standard_normal(1 + 6 * 16).astype(np.float32)
+    buf = device(rng.standard_normal(1 + 6 * 16).astype(np.float32))
     x = buf[1:].reshape(6, 16)
-    assert x.flags.c_contiguous and x.ctypes.data % 16
+    assert x.flags.c_contiguous and x.data.ptr % 16
     w = rng.standard_normal((5, 16)).astype(np.float32)
-    assert_close(host(run("linear", x, w, None)), ref("linear", x, w, None), **tol(16))
+    assert_close(host(run("linear", x, w, None)), ref("linear", host(x), w, None), **tol(16))
 
 
 def test_bad_inputs_are_refused_before_launch():
     x, w, b, stride, padding = inputs(CASES[1], 10)
     with pytest.raises(TypeError, match="float32"):
         run("conv2d", x.astype(np.float64), w.astype(np.float64), None, stride, padding)
-    wide = np.zeros((w.shape[0], w.shape[1], w.shape[2], 2 * w.shape[3]), np.float32)
-    wide[..., ::2] = w
+    wide = device(np.zeros((w.shape[0], w.shape[1], w.shape[2], 2 * w.shape[3]), np.float32))
     with pytest.raises(ValueError, match="C-contiguous"):
         run("conv2d", x, wide[..., ::2], b, stride, padding)
     with pytest.raises(TypeError, match="float32"):

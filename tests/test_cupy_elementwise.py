@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cupy_support import host, ref, run
+from cupy_support import device, host, ref, run
 from gpucnn.backends.cupy import _runtime
 from helpers import assert_close
 
@@ -20,8 +20,8 @@ def test_relu_refuses_float64_and_strided_arrays():
     x = np.random.default_rng(0).standard_normal((4, 6))
     with pytest.raises(TypeError, match="float32"):
         run("relu", x)
-    with pytest.raises(ValueError, match="C-contiguous"):
-        run("relu", x.astype(np.float32)[:, ::2])
+    with pytest.raises(ValueError, match="C-contiguous"):  # a strided device view (a host one is uploaded)
+        run("relu", device(x.astype(np.float32))[:, ::2])
 
 
 def _rand(rng, shape):
@@ -29,12 +29,12 @@ def _rand(rng, shape):
 
 
 def _misaligned(a):
-    """A C-contiguous copy of `a` starting 4 bytes past a 16-byte boundary: the scalar (V = 1) kernels run."""
-    buf = np.empty(a.size + 4, np.float32)
-    start = (-(buf.ctypes.data // 4) % 4 + 1) % 4 or 1
+    """A C-contiguous device copy of `a` not on a 16-byte boundary: the scalar (V = 1) kernels run."""
+    buf = device(np.zeros(a.size + 4, np.float32))
+    start = next(s for s in range(1, 4) if (buf.data.ptr + 4 * s) % 16)
     out = buf[start:start + a.size].reshape(a.shape)
-    out[...] = a
-    assert out.ctypes.data % 16 and out.flags.c_contiguous
+    out[...] = device(a)
+    assert out.data.ptr % 16 and out.flags.c_contiguous
     return out
 
 
@@ -64,7 +64,7 @@ def test_add_refuses_bad_inputs_before_launch():
     with pytest.raises(TypeError, match="float32"):
         run("add", a.astype(np.float64), a.astype(np.float64))
     with pytest.raises(ValueError, match="C-contiguous"):
-        run("add", np.ones((4, 12), np.float32)[:, ::2], a)
+        run("add", device(np.ones((4, 12), np.float32))[:, ::2], a)
 
 
 @pytest.mark.parametrize("shape,scale", [((1, 1, 1, 1), 2), ((2, 3, 4, 5), 2), ((1, 2, 3, 7), (3, 1)),
@@ -133,4 +133,4 @@ def test_dropout_eval_and_refusals():
     with pytest.raises(TypeError, match="float32"):
         run("dropout", x.astype(np.float64), p=0.5, seed=1)
     with pytest.raises(ValueError, match="C-contiguous"):
-        run("dropout", np.ones((3, 8), np.float32)[:, ::2], p=0.5, seed=1)
+        run("dropout", device(np.ones((3, 8), np.float32))[:, ::2], p=0.5, seed=1)

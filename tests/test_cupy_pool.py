@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cupy_support import host, ref, run
+from cupy_support import device, host, ref, run
 from gpucnn import backend, shapes
 from helpers import assert_close
 
@@ -82,10 +82,10 @@ def test_pool_refuses_float64_and_strided_inputs(op):
     with pytest.raises(TypeError, match="float32"):
         run(op, x.astype(np.float64), 2)
     with pytest.raises(ValueError, match="C-contiguous"):
-        run(op, np.ones((2, 3, 8, 16), np.float32)[..., ::2], 2)
+        run(op, device(np.ones((2, 3, 8, 16), np.float32))[..., ::2], 2)
     dy = np.ones((2, 3, 4, 4), np.float32)
     with pytest.raises(ValueError, match="C-contiguous"):
-        run(f"{op}_backward", np.ones((2, 3, 4, 8), np.float32)[..., ::2], x, 2)
+        run(f"{op}_backward", device(np.ones((2, 3, 4, 8), np.float32))[..., ::2], x, 2)
     with pytest.raises(TypeError, match="float32"):
         run(f"{op}_backward", dy.astype(np.float64), x.astype(np.float64), 2)
 
@@ -93,6 +93,6 @@ def test_pool_refuses_float64_and_strided_inputs(op):
 def test_max_pool_backward_refuses_strided_indices():
     x = _x((1, 2, 4, 4))
     dy = np.ones((1, 2, 2, 2), np.float32)
-    idx = np.zeros((1, 2, 2, 4), np.int64)[..., ::2]
+    idx = device(np.zeros((1, 2, 2, 4), np.int64))[..., ::2]
     with pytest.raises(ValueError, match="C-contiguous"):
         run("max_pool2d_backward", dy, x, 2, indices=idx)

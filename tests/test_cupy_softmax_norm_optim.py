@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cupy_support import host, ref, run
+from cupy_support import device, host, ref, run
 from gpucnn.backends.cupy import _runtime
 from helpers import assert_close
 
@@ -63,13 +63,13 @@ def test_softmax_family_refuses_bad_inputs():
     with pytest.raises(TypeError, match="float32"):
         run("softmax", x.astype(np.float64))
     with pytest.raises(ValueError, match="C-contiguous"):
-        run("log_softmax", _rand((4, 12), 0)[:, ::2])
+        run("log_softmax", device(_rand((4, 12), 0))[:, ::2])
     with pytest.raises(ValueError, match="C-contiguous"):
-        run("softmax_backward", x, _rand((4, 12), 0)[:, ::2])
+        run("softmax_backward", x, device(_rand((4, 12), 0))[:, ::2])
     with pytest.raises(TypeError, match="float32"):
         run("softmax_cross_entropy", x.astype(np.float64), np.zeros(4, np.int64))
     with pytest.raises(ValueError, match="C-contiguous"):
-        run("softmax_cross_entropy", x, np.zeros(8, np.int64)[::2])
+        run("softmax_cross_entropy", x, device(np.zeros(8, np.int64))[::2])
 
 
 # --------------------------------------------------------------------------- batch norm
@@ -86,12 +86,13 @@ def test_batch_norm_train_forward_backward_and_running_stats(shape, affine):
     b = _rand((c,), 2) if affine else None
     rm, rv = _rand((c,), 3), np.abs(_rand((c,), 4)) + 0.5
     rm_ref, rv_ref = rm.copy(), rv.copy()
+    rm, rv = device(rm), device(rv)  # updated in place: device arrays
     got = run("batch_norm", x, rm, rv, w, b, training=True, momentum=0.2, eps=1e-4)
     want = ref("batch_norm", x, rm_ref, rv_ref, w, b, training=True, momentum=0.2, eps=1e-4)
     for name, g, e in zip(("y", "save_mean", "save_invstd"), got, want):
         assert_close(host(g), e, rtol=2e-5, atol=2e-6, name=name)
-    assert_close(rm, rm_ref, rtol=1e-5, atol=1e-6, name="running_mean")
-    assert_close(rv, rv_ref, rtol=1e-5, atol=1e-6, name="running_var")
+    assert_close(host(rm), rm_ref, rtol=1e-5, atol=1e-6, name="running_mean")
+    assert_close(host(rv), rv_ref, rtol=1e-5, atol=1e-6, name="running_var")
     dy = _rand(shape, 6)
     save_mean, save_invstd = want[1], want[2]
     got = run("batch_norm_backward", dy, x, w, save_mean, save_invstd, training=True)
@@ -133,19 +134,25 @@ def test_batch_norm_without_running_stats_and_refusals():
     want = ref("batch_norm", x, None, None, training=True)
     for g, e in zip(got, want):
         assert_close(host(g), e, rtol=2e-5, atol=2e-6)
-    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    rm, rv = device(np.zeros(3, np.float32)), device(np.ones(3, np.float32))
     with pytest.raises(TypeError, match="float32"):
-        run("batch_norm", x.astype(np.float64), rm.astype(np.float64), rv.astype(np.float64), training=True)
+        run("batch_norm", x.astype(np.float64), device(np.zeros(3)), device(np.ones(3)), training=True)
     with pytest.raises(ValueError, match="C-contiguous"):
-        run("batch_norm", _rand((4, 3, 2, 4), 0)[..., ::2], rm, rv, training=True)
+        run("batch_norm", device(_rand((4, 3, 2, 4), 0))[..., ::2], rm, rv, training=True)
     with pytest.raises(ValueError, match="C-contiguous"):
-        run("batch_norm", x, np.zeros(6, np.float32)[::2], rv, training=True)
-    assert np.all(rm == 0) and np.all(rv == 1)  # refused before any launch: nothing was updated
+        run("batch_norm", x, device(np.zeros(6, np.float32))[::2], rv, training=True)
+    with pytest.raises(TypeError, match="updated in place"):  # a host array would update an uploaded copy
+        run("batch_norm", x, np.zeros(3, np.float32), rv, training=True)
+    assert np.all(host(rm) == 0) and np.all(host(rv) == 1)  # refused before any launch: nothing was updated
 
 
 # --------------------------------------------------------------------------- optimizers
 
 SIZES = [(3,), (4, 5), (2, 3, 3, 3), (1,), (4097,), (7, 11)]  # one tensor spans two 4096-element chunks
+
+
+def _device(arrays):
+    return [device(a) for a in arrays]
 
 
 def _params(seed):
@@ -160,18 +167,18 @@ def test_sgd_step_all_parameters_in_one_launch(momentum, dampening, nesterov, we
     launches = []
     real = _runtime.Family.launch
     monkeypatch.setattr(_runtime.Family, "launch", lambda self, name, *a: (launches.append(name), real(self, name, *a)))
-    p, p_ref = _params(1), _params(1)
-    bufs, bufs_ref = [np.zeros_like(a) for a in p], [np.zeros_like(a) for a in p]
+    p, p_ref = _device(_params(1)), _params(1)
+    bufs, bufs_ref = _device([np.zeros_like(a) for a in p_ref]), [np.zeros_like(a) for a in p_ref]
     for step in range(3):
         grads = _params(10 + step)
-        run("sgd_step", p, grads, bufs, lr=0.1, momentum=momentum, dampening=dampening, nesterov=nesterov,
+        run("sgd_step", p, _device(grads), bufs, lr=0.1, momentum=momentum, dampening=dampening, nesterov=nesterov,
             weight_decay=weight_decay, first_step=step == 0)
         ref("sgd_step", p_ref, grads, bufs_ref, lr=0.1, momentum=momentum, dampening=dampening, nesterov=nesterov,
             weight_decay=weight_decay, first_step=step == 0)
         for i, (a, e) in enumerate(zip(p, p_ref)):
-            assert_close(a, e, rtol=1e-5, atol=1e-6, name=f"param {i} after step {step}")
+            assert_close(host(a), e, rtol=1e-5, atol=1e-6, name=f"param {i} after step {step}")
         for i, (a, e) in enumerate(zip(bufs, bufs_ref)):
-            assert_close(a, e, rtol=1e-5, atol=1e-6, name=f"buffer {i} after step {step}")
+            assert_close(host(a), e, rtol=1e-5, atol=1e-6, name=f"buffer {i} after step {step}")
     assert launches == ["sgd_multi"] * 3  # one launch per step for all six parameters
 
 
@@ -180,16 +187,16 @@ def test_adam_step_all_parameters_in_one_launch(weight_decay, monkeypatch):
     launches = []
     real = _runtime.Family.launch
     monkeypatch.setattr(_runtime.Family, "launch", lambda self, name, *a: (launches.append(name), real(self, name, *a)))
-    p, p_ref = _params(2), _params(2)
-    m, v = [np.zeros_like(a) for a in p], [np.zeros_like(a) for a in p]
-    m_ref, v_ref = [np.zeros_like(a) for a in p], [np.zeros_like(a) for a in p]
+    p, p_ref = _device(_params(2)), _params(2)
+    m, v = _device([np.zeros_like(a) for a in p_ref]), _device([np.zeros_like(a) for a in p_ref])
+    m_ref, v_ref = [np.zeros_like(a) for a in p_ref], [np.zeros_like(a) for a in p_ref]
     for step in range(1, 5):
         grads = _params(20 + step)
-        run("adam_step", p, grads, m, v, step, lr=1e-2, weight_decay=weight_decay)
+        run("adam_step", p, _device(grads), m, v, step, lr=1e-2, weight_decay=weight_decay)
         ref("adam_step", p_ref, grads, m_ref, v_ref, step, lr=1e-2, weight_decay=weight_decay)
         for name, got, want in (("param", p, p_ref), ("exp_avg", m, m_ref), ("exp_avg_sq", v, v_ref)):
             for i, (a, e) in enumerate(zip(got, want)):
-                assert_close(a, e, rtol=1e-5, atol=1e-6, name=f"{name} {i} after step {step}")
+                assert_close(host(a), e, rtol=1e-5, atol=1e-6, name=f"{name} {i} after step {step}")
     # the bias corrections of each step come from a one-thread kernel advancing the step on the device
     assert launches == ["adam_advance", "adam_multi"] * 4
 
@@ -197,15 +204,15 @@ def test_adam_step_all_parameters_in_one_launch(weight_decay, monkeypatch):
 def test_adam_step_out_of_sequence_resets_the_device_step():
     """Steps need not be consecutive (a restored optimizer, a fresh one on the same parameters): the
     device counter is set from the host's step whenever it is not already step - 1."""
-    p, p_ref = _params(2), _params(2)
+    p, p_ref = _device(_params(2)), _params(2)
     for step in (3, 1, 7, 8):
-        m, v = [np.full_like(a, 0.1) for a in p], [np.full_like(a, 0.2) for a in p]
-        m_ref, v_ref = [a.copy() for a in m], [a.copy() for a in v]
+        m_ref, v_ref = [np.full_like(a, 0.1) for a in p_ref], [np.full_like(a, 0.2) for a in p_ref]
+        m, v = _device(m_ref), _device(v_ref)
         grads = _params(40 + step)
-        run("adam_step", p, grads, m, v, step, lr=1e-2)
+        run("adam_step", p, _device(grads), m, v, step, lr=1e-2)
         ref("adam_step", p_ref, grads, m_ref, v_ref, step, lr=1e-2)
         for i, (a, e) in enumerate(zip(p, p_ref)):
-            assert_close(a, e, rtol=1e-5, atol=1e-6, name=f"param {i} after step {step}")
+            assert_close(host(a), e, rtol=1e-5, atol=1e-6, name=f"param {i} after step {step}")
 
 
 def test_optimizer_tables_are_built_once_per_parameter_list(monkeypatch):
@@ -217,25 +224,27 @@ def test_optimizer_tables_are_built_once_per_parameter_list(monkeypatch):
         real(self, *a, **k)
 
     monkeypatch.setattr(_runtime.TensorTable, "__init__", spy)
-    p, grads = _params(3), _params(4)
-    bufs = [np.zeros_like(a) for a in p]
+    p, grads = _device(_params(3)), _device(_params(4))
+    bufs = _device([np.zeros_like(a) for a in _params(3)])
     for step in range(3):
         run("sgd_step", p, grads, bufs, lr=0.1, momentum=0.9, first_step=step == 0)
     assert len(built) == 1
-    run("sgd_step", p, _params(5), bufs, lr=0.1, momentum=0.9)  # other gradient arrays: another table
+    run("sgd_step", p, _device(_params(5)), bufs, lr=0.1, momentum=0.9)  # other gradient arrays: another table
     assert len(built) == 2
 
 
 def test_optimizers_refuse_bad_parameters_before_updating_any():
-    p = _params(6)
-    keep = [a.copy() for a in p]
+    keep = _params(6)
+    p = _device(keep)
     grads = _params(7)
     grads[-1] = grads[-1].astype(np.float64)
-    bufs = [np.zeros_like(a) for a in p]
+    bufs = _device([np.zeros_like(a) for a in keep])
     with pytest.raises(TypeError, match="float32"):
-        run("sgd_step", p, grads, bufs, lr=0.1, momentum=0.9)
-    strided = [np.zeros(a.size * 2, np.float32)[::2].reshape(a.shape) for a in p]
+        run("sgd_step", p, _device(grads), bufs, lr=0.1, momentum=0.9)
+    strided = [device(np.zeros(a.size * 2, np.float32))[::2].reshape(a.shape) for a in keep]
     with pytest.raises(ValueError, match="C-contiguous"):
-        run("adam_step", p, _params(7), strided, [np.zeros_like(a) for a in p], 1)
+        run("adam_step", p, _device(_params(7)), strided, _device([np.zeros_like(a) for a in keep]), 1)
+    with pytest.raises(TypeError, match="updated in place"):  # host parameters: the update would be lost
+        run("sgd_step", keep, _device(_params(7)), bufs, lr=0.1)
     for a, b in zip(p, keep):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(host(a), b)

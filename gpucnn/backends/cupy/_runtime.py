@@ -4,7 +4,9 @@ Kernels: the CUDA C of ``kernels/<family>.cu`` (shipped in the wheel as the
 package ``gpucnn.kernels``), compiled once per process by ``cupy.RawModule``
 with the family's template instances listed as name expressions. With
 GPUCNN_CUPY_EMULATE=1 the same sources are compiled for the CPU by g++ and run
-through hostemu (tests on machines without a GPU); arrays are then NumPy arrays.
+through hostemu (tests on machines without a GPU), and ``xp`` is ``emucupy``: device
+arrays of their own type that refuse implicit host conversion, streams, events and a
+stream capture that refuses host reads, as CuPy on a GPU.
 
 Checks: CuPy checks nothing about a raw kernel's arguments, and a float64 or a
 strided array would be read as garbage. Every launcher passes its arrays
@@ -18,6 +20,7 @@ with NaN, so an element a kernel forgets to write fails the comparison.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from importlib import resources
 from pathlib import Path
@@ -31,23 +34,50 @@ MAX_BLOCKS_1D = 65535  # grid-stride loops cover the rest
 INT32_MAX = 2**31 - 1
 
 if EMULATED:
-    xp = np
+    from . import emucupy as xp
     from . import hostemu
 else:  # pragma: no cover - needs CuPy and a GPU
     import cupy as xp
 
 
 def kernels_dir() -> Path:
-    """Where kernels/*.cu live: the package gpucnn.kernels (the repository's kernels/ directory)."""
-    return Path(str(resources.files("gpucnn.kernels")))
+    """Where kernels/*.cu live: the installed package gpucnn.kernels, or the checkout's kernels/ directory.
+
+    An installed gpucnn (wheel or editable) maps kernels/ to the package gpucnn.kernels; a checkout run
+    through PYTHONPATH with nothing installed has no such package, so the repository's own kernels/
+    beside gpucnn/ is used.
+    """
+    try:
+        return Path(str(resources.files("gpucnn.kernels")))
+    except ModuleNotFoundError:
+        here = Path(__file__).resolve().parents[3] / "kernels"
+        if (here / "common.cuh").is_file():
+            return here
+        raise ModuleNotFoundError("gpucnn.kernels (the CUDA C of kernels/) is not installed and no kernels/ "
+                                  f"directory was found at {here}; install gpucnn with pip") from None
+
+
+OPTIONS = ("-std=c++17",)  # plus -I<kernels_dir()>
+
+
+def module_source(family: str) -> str:
+    """What cupy.RawModule compiles for kernels/<family>.cu: the file, then a comment that names gpucnn's
+    version and a hash of every header in kernels/. CuPy caches compiled modules (in memory and on disk)
+    by the source string and options only, so without that line an edited common.cuh or gemm.cuh, or
+    an upgraded gpucnn, would load a stale binary built from the old headers."""
+    from ... import __version__ as version
+    root = kernels_dir()
+    digest = hashlib.sha256()
+    for header in sorted(root.glob("*.cuh")):
+        digest.update(header.name.encode() + b"\0" + header.read_bytes() + b"\0")
+    return (root / f"{family}.cu").read_text() + f"\n// gpucnn {version}, headers sha256 {digest.hexdigest()}\n"
 
 
 @functools.lru_cache(maxsize=None)
 def _module(family: str, names: tuple[str, ...]):
-    path = kernels_dir() / f"{family}.cu"
-    if EMULATED:
-        return hostemu.Module(path, list(names))
-    return xp.RawModule(code=path.read_text(), options=("-std=c++17", f"-I{kernels_dir()}"),  # pragma: no cover
+    if EMULATED:  # hostemu keys its cache by the bytes of the file and of every header itself
+        return hostemu.Module(kernels_dir() / f"{family}.cu", list(names))
+    return xp.RawModule(code=module_source(family), options=OPTIONS + (f"-I{kernels_dir()}",),  # pragma: no cover
                         name_expressions=list(names))
 
 
@@ -68,21 +98,28 @@ class Family:
         if not 1 <= int(np.prod(block)) <= 1024:
             raise ValueError(f"{name}: invalid block {block}")
         function = _module(self.family, self.names).get_function(name)
-        if _RECORD is not None:  # emulated graph capture: record, run at replay
-            _RECORD.append((function, grid, block, tuple(args)))
+        if EMULATED:  # device arrays to the memory behind them; a host array is refused, as CuPy refuses it
+            args = tuple(_emulated_arg(name, i, a) for i, a in enumerate(args))
+            xp.run_or_record(lambda: function(grid, block, args))  # recorded, not run, inside a capture
         else:
             function(grid, block, tuple(args))
+
+
+def _emulated_arg(kernel: str, i: int, a):
+    if isinstance(a, np.ndarray):
+        raise TypeError(f"{kernel}: argument {i} is a host NumPy array of shape {a.shape}; a kernel takes "
+                        "device arrays (CuPy refuses host arrays as kernel arguments)")
+    return a.buffer if isinstance(a, xp.ndarray) else a
 
 
 # --------------------------------------------------------------------------- arrays
 
 def device(a):
     """`a` on the device: device arrays pass through; host NumPy arrays are uploaded (no dtype change)."""
-    if EMULATED:
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"expected a NumPy array (the emulated cupy backend), got {type(a).__name__}")
-        return a
-    return xp.asarray(a)  # pragma: no cover - zero-copy for CuPy and __cuda_array_interface__ arrays
+    if EMULATED and not isinstance(a, (np.ndarray, xp.ndarray)):
+        raise TypeError(f"expected a device array or a NumPy array (the emulated cupy backend), got "
+                        f"{type(a).__name__}")
+    return xp.asarray(a)  # zero-copy for device arrays (CuPy's and __cuda_array_interface__ ones)
 
 
 def check(op: str, **arrays) -> None:
@@ -111,8 +148,7 @@ def operand(op: str, name: str, a):
 
 def persistent_empty(shape, dtype=np.float32):
     """An array that outlives a training step (parameters' state, counters): never from the step arena."""
-    shape = tuple(int(s) for s in shape)
-    return hostemu.guarded_empty(shape, dtype) if EMULATED else xp.empty(shape, dtype)
+    return xp.empty(tuple(int(s) for s in shape), dtype)
 
 
 def empty(shape, dtype=np.float32):
@@ -153,7 +189,7 @@ def grid_1d(n: int, threads: int = THREADS) -> tuple[tuple[int], tuple[int]]:
 
 def pointer(a) -> int:
     """The device address of an array's first element (a host address when emulated)."""
-    return int(a.ctypes.data) if EMULATED else int(a.data.ptr)
+    return int(a.data.ptr)
 
 
 def aligned(*arrays, bytes_: int = 16) -> bool:
@@ -166,7 +202,7 @@ def in_place(op: str, name: str, a):
     copy and the caller would never see the change), then the usual checks."""
     if a is None:
         return None
-    if not EMULATED and isinstance(a, np.ndarray):  # pragma: no cover - needs a GPU
+    if isinstance(a, np.ndarray):
         raise TypeError(f"{op}: {name} is updated in place, so on the cupy backend it must be a device array "
                         "(from gpucnn.functional.asarray under use_backend('cupy')), got a NumPy array")
     a = device(a)
@@ -215,8 +251,7 @@ class TensorTable:
         chunk_rows = [(t, start) for t, size in enumerate(sizes.tolist()) for start in range(0, size, self.chunk)]
         self.nchunks = len(chunk_rows)
         chunks = np.array(chunk_rows, np.int32).reshape(-1, 2)
-        upload = (lambda a: a) if EMULATED else xp.asarray
-        self.ptrs, self.sizes, self.chunks = upload(addresses), upload(sizes), upload(chunks)
+        self.ptrs, self.sizes, self.chunks = xp.asarray(addresses), xp.asarray(sizes), xp.asarray(chunks)
         self._keep = lists  # the tables hold raw addresses: keep the arrays alive with them
 
 
@@ -248,8 +283,7 @@ def ptr(a):
 
 
 def aligned16(a) -> bool:
-    address = a.ctypes.data if EMULATED else a.data.ptr
-    return address % 16 == 0
+    return pointer(a) % 16 == 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -318,7 +352,7 @@ class Arena:
             self._chunk, self._offset = self._chunk + 1, 0
         if self._chunk == len(self.chunks):
             size = max(need, 4 << 20, 2 * (self.chunks[-1].size if self.chunks else 0))
-            raw = np.empty(size + self.ALIGN, np.uint8) if EMULATED else xp.empty(size + self.ALIGN, np.uint8)
+            raw = xp.empty(size + self.ALIGN, np.uint8)
             start = (-pointer(raw)) % self.ALIGN
             self.chunks.append(raw[start:start + size])
             self.allocations += 1
@@ -350,45 +384,63 @@ class workspace:
 
 
 class Graph:
-    """The kernels of one captured call, replayed by ``launch()`` without running any Python.
+    """The operations of one captured call, replayed by ``launch()`` without running any Python.
 
-    On a GPU: CUDA stream capture through CuPy (cupy.cuda.Stream.begin_capture/end_capture), so
-    everything the call enqueued (kernels, fills, copies) is in the graph. Emulated: the launches
-    are recorded instead of run, and replayed in order; anything the call did outside a kernel
-    launch is then not replayed, so a step that is not capturable gives different results on
-    replay (the tests compare).
+    CUDA stream capture on a non-blocking stream of its own (so no other stream's work, the
+    legacy default stream's included, is ordered into it or invalidates it): everything ``fn``
+    enqueues (kernels, fills, device copies) is in the graph. Replays run on that stream; work
+    that must be ordered with them goes on it too (``CapturedStep`` runs a whole epoch there).
+    If ``fn`` raises (a host read inside the capture, say), the capture is ended and *that* error
+    is raised, not the invalid-capture error that ending it reports.
+
+    Emulated: ``emucupy`` records the launches, fills and device copies instead of running them,
+    and refuses any host read, upload or synchronization during the capture, as CUDA does; a
+    replay runs the records in order.
     """
 
-    def __init__(self, fn):
-        global _RECORD
-        if EMULATED:
-            _RECORD = []
+    def __init__(self, fn, stream=None):
+        self.stream = stream if stream is not None else new_stream()
+        with self.stream:
+            self._begin()
             try:
                 fn()
-            finally:
-                self._launches, _RECORD = _RECORD, None
+            except BaseException:
+                self._abort()
+                raise
+            self._graph = self._end()
+
+    def _begin(self):
+        if EMULATED:
+            xp.begin_capture()
         else:  # pragma: no cover - needs a GPU
-            # a blocking stream: work on the default stream (the batch copies, a plain step for a last
-            # short batch, reading the statistics) stays ordered with the replays without host waits
-            self._stream = xp.cuda.Stream(non_blocking=False)
-            with self._stream:
-                self._stream.begin_capture()
-                try:
-                    fn()
-                finally:
-                    self._graph = self._stream.end_capture()
+            self.stream.begin_capture()
+
+    def _end(self):
+        return xp.end_capture() if EMULATED else self.stream.end_capture()
+
+    def _abort(self):
+        """End a capture that failed; its own error (the capture is invalid) would hide the real one."""
+        if EMULATED:
+            xp.abort_capture()
+            return
+        try:  # pragma: no cover - needs a GPU
+            self.stream.end_capture()
+        except Exception:  # pragma: no cover
+            pass
 
     def launch(self):
         if EMULATED:
-            for function, grid, block, args in self._launches:
-                function(grid, block, args)
+            for op in self._graph:
+                op()
         else:  # pragma: no cover - needs a GPU
-            self._graph.launch(self._stream)
+            self._graph.launch(self.stream)
 
     @property
-    def kernels(self) -> int:
-        """Kernel launches in the graph (emulated: recorded; GPU: not counted, -1)."""
-        return len(self._launches) if EMULATED else -1
+    def operations(self) -> int:
+        """Operations in the graph (kernels, fills, copies; emulated: recorded; GPU: not counted, -1)."""
+        return len(self._graph) if EMULATED else -1
 
 
-_RECORD: list | None = None
+def new_stream():
+    """A non-blocking stream (not ordered with the legacy default stream)."""
+    return xp.Stream(non_blocking=True) if EMULATED else xp.cuda.Stream(non_blocking=True)

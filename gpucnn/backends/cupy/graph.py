@@ -47,6 +47,10 @@ class CapturedStep:
         self.graph = None
         self.eager = 0
         self.replays = 0
+        # Every step, replay, batch copy and statistics read of this step runs on this non-blocking
+        # stream, so they are ordered with each other and never with other streams' work; fit runs
+        # its whole epoch loop (plain steps for a short last batch too) inside `with step.stream:`.
+        self.stream = rt.new_stream()
 
     def _step(self):
         m = self.model
@@ -61,33 +65,36 @@ class CapturedStep:
         """One training step on this batch (host or device arrays of the fixed batch size)."""
         if len(xb) != self.batch_size:
             raise ValueError(f"a captured step takes batches of {self.batch_size} rows, got {len(xb)}")
-        _copy_into(self.x, xb)
-        _copy_into(self.y, yb)
-        if self.eager < EAGER_STEPS:
-            self._step()
-            self.eager += 1
-            return
-        if self.graph is None:
-            self.graph = rt.Graph(self._step)  # captured, not run: the optimizer counted this step already
-        else:
-            self.model.optimizer.steps += 1   # a replay runs no Python: keep the host's step count
-        self.graph.launch()
-        self.replays += 1
+        with self.stream:
+            _copy_into(self.x, xb)
+            _copy_into(self.y, yb)
+            if self.eager < EAGER_STEPS:
+                self._step()
+                self.eager += 1
+                return
+            if self.graph is None:  # captured, not run: the optimizer counted this step already
+                self.graph = rt.Graph(self._step, self.stream)
+            else:
+                self.model.optimizer.steps += 1   # a replay runs no Python: keep the host's step count
+            self.graph.launch()
+            self.replays += 1
 
     def take_stats(self) -> tuple[float, int]:
         """(sum of batch losses x batch sizes, correct predictions) since the last call; one host read."""
-        loss = float(F.to_numpy(self.loss_sum)[0])
-        correct = int(F.to_numpy(self.correct)[0])
-        self.loss_sum.fill(0)
-        self.correct.fill(0)
+        with self.stream:
+            loss = float(F.to_numpy(self.loss_sum)[0])
+            correct = int(F.to_numpy(self.correct)[0])
+            self.loss_sum.fill(0)
+            self.correct.fill(0)
         return loss, correct
 
 
 def _copy_into(dst, src) -> None:
-    if rt.EMULATED:
-        np.copyto(dst, np.asarray(src).reshape(dst.shape), casting="safe")  # no silent narrowing
-    else:  # pragma: no cover - needs a GPU
-        if isinstance(src, np.ndarray):
-            dst.set(np.ascontiguousarray(src, dst.dtype).reshape(dst.shape))
-        else:
-            dst[...] = src
+    """Copy a batch (a host array: uploaded; a device array: a device copy) into a fixed input buffer.
+    Only widening conversions (int32 labels into int64), never a silent narrowing."""
+    if not np.can_cast(src.dtype, dst.dtype, "safe"):
+        raise TypeError(f"a captured step's input of dtype {dst.dtype} cannot take a batch of dtype {src.dtype}")
+    if isinstance(src, np.ndarray):
+        dst.set(np.ascontiguousarray(src.reshape(dst.shape), dst.dtype))
+    else:
+        dst[...] = src.reshape(dst.shape)

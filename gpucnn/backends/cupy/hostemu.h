@@ -315,6 +315,12 @@ T atomicAdd(T* p, T v) {
     *p = old + v;
     return old;
 }
+template <class T>
+T atomicCAS(T* p, T compare, T v) {
+    T old = *p;
+    if (old == compare) *p = v;
+    return old;
+}
 inline int atomicMax(int* p, int v) {
     int old = *p;
     if (v > old) *p = v;

@@ -14,7 +14,7 @@ from . import _runtime as rt
 B = "cupy"
 K = rt.Family("softmax", ["softmax_rows<false>", "softmax_rows<true>", "softmax_strided<false>",
                           "softmax_strided<true>", "softmax_bwd_rows", "softmax_bwd_strided",
-                          "softmax_xent<int>", "softmax_xent<long long>", "xent_stats<int>",
+                          "softmax_xent<int>", "softmax_xent<long long>", "xent_mean", "xent_stats<int>",
                           "xent_stats<long long>"])
 WARP = 32
 
@@ -65,7 +65,9 @@ def softmax_backward(dy, y, dim):
 
 @register("softmax_cross_entropy", B)
 def softmax_cross_entropy(logits, labels):
-    """(loss, dlogits) in one launch; loss a 0-d float32 array (NaN for an empty batch, as NumPy's mean)."""
+    """(loss, dlogits): a rows kernel and a one-block deterministic mean; loss a 0-d float32 array (NaN for
+    an empty batch, as NumPy's mean). Labels out of range are not checked here (that would read them on
+    the host): the kernel records them in the device's error record, see `label_errors`."""
     logits = rt.operand("softmax_cross_entropy", "logits", logits)
     labels = rt.int_operand("softmax_cross_entropy", "labels", labels)
     n, c = (int(s) for s in logits.shape)
@@ -75,22 +77,37 @@ def softmax_cross_entropy(logits, labels):
         loss.fill(np.nan)
         return loss, dlogits
     row_loss = rt.empty((n,))
-    counter = _ticket()
+    err = _error_record()
     K.launch(f"softmax_xent<{rt.c_type(labels.dtype)}>", *rt.grid_1d(n * WARP),
-             (logits, labels, dlogits, row_loss, counter, loss, rt.i32(n), rt.i32(c), rt.f32(n)))
+             (logits, labels, dlogits, row_loss, err, rt.i32(n), rt.i32(c), rt.f32(n)))
+    K.launch("xent_mean", (1,), (rt.THREADS,), (row_loss, loss, err, rt.i32(n), rt.f32(n)))
     return loss, dlogits
 
 
-_TICKET = []
+# kernels/softmax.cu's XENT_ERR_*: first bad launch (-1 none), its row, its label, its classes, launches
+_NO_ERROR = np.array([-1, 0, 0, 0, 0], np.int32)
+_ERR = []
 
 
-def _ticket():
-    """The last-block ticket of softmax_xent: one zeroed counter, allocated once (the kernel leaves it at
-    zero), so the loss allocates nothing per step and can be captured in a CUDA graph."""
-    if not _TICKET:
-        _TICKET.append(rt.persistent_empty((1,), np.uint32))
-        _TICKET[0].fill(0)
-    return _TICKET[0]
+def _error_record():
+    """The device's label-error record (persistent: allocated once, reset by the host with a device-side
+    copy, so a captured step can hold its address)."""
+    if not _ERR:
+        _ERR.append(rt.persistent_empty((len(_NO_ERROR),), np.int32))
+        _ERR.append(rt.xp.asarray(_NO_ERROR))  # the reset value, on the device
+        _ERR[0][...] = _ERR[1]
+    return _ERR[0]
+
+
+@register("label_errors", B)
+def label_errors(reset=True):
+    """None, or (launch, row, label, classes) of the first label out of range the loss kernels met since the
+    last reset (launch: loss launches counted from that reset, 0-based). One device-to-host read."""
+    err = _error_record()
+    launch, row, label, classes, _ = (int(v) for v in err.get())
+    if reset:
+        err[...] = _ERR[1]
+    return None if launch < 0 else (launch, row, label, classes)
 
 
 def accumulate_stats(logits, labels, loss, loss_sum, correct):

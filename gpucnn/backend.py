@@ -163,5 +163,14 @@ def get_op(op: str, backend: str | None = None) -> Callable:
         raise BackendError(f"op {op!r} is not implemented on backend {backend!r}") from None
 
 
+def has_op(op: str, backend: str | None = None) -> bool:
+    """Whether `backend` (default: the current one) implements `op` (loading it if needed)."""
+    try:
+        get_op(op, backend)
+    except BackendError:
+        return False
+    return True
+
+
 def dispatch(op: str, *args, **kwargs):
     return get_op(op)(*args, **kwargs)

@@ -21,7 +21,7 @@ __all__ = [
     "linear", "linear_backward", "softmax", "log_softmax", "softmax_backward",
     "softmax_cross_entropy", "dropout", "dropout_backward", "batch_norm", "batch_norm_backward",
     "add", "concat", "concat_backward", "sgd_step", "adam_step",
-    "asarray", "to_numpy", "zeros_like", "check_label_errors",
+    "asarray", "to_numpy", "zeros_like", "check_label_errors", "clear_label_errors",
 ]
 
 
@@ -353,3 +353,8 @@ def to_numpy(a):
 
 def zeros_like(a):
     return dispatch("zeros_like", a)
+
+
+def clear_label_errors() -> None:
+    """Forget what the loss kernels recorded so far (fit starts so); see check_label_errors."""
+    dispatch("label_errors", True)

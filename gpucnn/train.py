@@ -1,16 +1,27 @@
 """Training loop: fit / evaluate / predict with Keras' arguments and PyTorch's math.
 
 The loss is softmax cross-entropy on the model's logits (its output before a
-final softmax, see Model.forward), mean over the batch. Labels may be integer
-class indices (N,) or one-hot rows (N, classes).
+final softmax, see Model.forward), mean over the batch. Labels are integer
+class indices (N,) or (N, 1) (as Keras' sparse categorical cross-entropy reads
+them), or float one-hot rows exactly as wide as the model's output; anything
+else is refused before training starts (shapes.class_indices).
+
+On a backend with a batch feeder (cupy) the batches reach the device from
+pinned host memory, double buffered; fit checks the device's record of labels
+out of range once an epoch, where it reads the epoch's statistics anyway.
 """
 from __future__ import annotations
+
+import contextlib
+import sys
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import backend
 from . import functional as F
 from .data import batches
+from .shapes import class_indices
 
 
 class History:
@@ -37,25 +48,40 @@ def _check_nonempty(x, what):
         raise ValueError(f"{what} needs at least one sample, got an empty array of shape {tuple(np.shape(x))}")
 
 
-def _labels(y, n) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim == 2:  # one-hot
-        y = y.argmax(axis=1)
-    if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"labels must be (N,) class indices or (N, classes) one-hot with N={n}, got {y.shape}")
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integer class indices (or one-hot rows), got dtype {y.dtype}")
-    return y.astype(np.int64, copy=False)
+def _classes(model) -> int | None:
+    """The number of classes the model's output scores (None when its output is not a vector)."""
+    out = tuple(model.layers[-1].output_shape) if model.layers else ()
+    return int(out[0]) if len(out) == 1 else None
 
 
-def train_step(model, xb, yb):
-    """One forward, loss, backward and optimizer step; returns (loss, number correct) as host numbers."""
+def _labels(y, n, model) -> np.ndarray:
+    """Host labels as int64 class indices, checked against the model: (N,) or (N, 1) integers, or float
+    one-hot rows as wide as the model's output (shapes.class_indices, as the loss reads them)."""
+    if not isinstance(y, np.ndarray):
+        y = np.asarray(y)  # lists; a device array refuses (fit and evaluate take host arrays)
+    return np.ascontiguousarray(class_indices(y, n, _classes(model)), np.int64)
+
+
+def train_step(model, xb, yb, yb_host=None):
+    """One forward, loss, backward and optimizer step; returns (loss, number correct) as host numbers.
+    yb may be on the device; yb_host is then the same labels on the host (for the accuracy)."""
     logits = model.forward(xb, training=True, logits=True)
     loss, dlogits = F.softmax_cross_entropy(logits, yb)
     model.backward(dlogits, input_grad=False)
     model.optimizer.step(model.parameters(), model.grads())
-    correct = int((F.to_numpy(logits).argmax(axis=1) == yb).sum())
+    correct = int((F.to_numpy(logits).argmax(axis=1) == (yb if yb_host is None else yb_host)).sum())
     return float(F.to_numpy(loss)), correct
+
+
+def _live_bar() -> bool:
+    """Whether verbose=1 draws a live progress bar: in a notebook, or when stderr is a terminal. Into a file
+    or a pipe it prints one line an epoch instead (a bar's carriage-return updates only clutter a log)."""
+    if any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__):  # tqdm.auto picked the notebook widget
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
 
 
 def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0, shuffle=True, seed=None,
@@ -68,7 +94,7 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_s
     as a plain step.
     """
     _check_nonempty(x, "fit")
-    y = _labels(y, len(x))
+    y = _labels(y, len(x), model)
     if not 0 <= validation_split < 1:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
     if validation_data is None and validation_split:
@@ -85,30 +111,47 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_s
     if cuda_graph:
         from .backends.cupy.graph import CapturedStep
         captured = CapturedStep(model, batch_size)
+    # a device backend with a pinned, double-buffered batch feeder gets its batches through it
+    feeder = backend.get_op("batch_feeder")(x, y, batch_size) if backend.has_op("batch_feeder") else None
+    F.clear_label_errors()
+    live = verbose == 1 and _live_bar()
     for epoch in range(epochs):
         n_batches = -(-len(x) // batch_size)
-        it = batches(x, y, batch_size, shuffle=shuffle, seed=int(rng.integers(2**63)))
-        bar = tqdm(it, total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=verbose != 1, leave=True)
+        order_seed = int(rng.integers(2**63))
+        if feeder is not None:  # the order data.batches would take, fed from pinned memory
+            order = np.random.default_rng(order_seed).permutation(len(x)) if shuffle else np.arange(len(x))
+            it = feeder.epoch(order)
+        else:
+            it = ((xb, yb, yb) for xb, yb in batches(x, y, batch_size, shuffle=shuffle, seed=order_seed))
+        bar = tqdm(it, total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not live, leave=True)
         loss_sum, correct, seen = 0.0, 0, 0
-        for xb, yb in bar:
-            seen += len(xb)
-            if captured is not None and len(xb) == batch_size:
-                captured.step(xb, yb)
-                continue
-            loss, ok = train_step(model, xb, yb)
-            loss_sum += loss * len(xb)
-            correct += ok
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", accuracy=f"{correct / seen:.4f}")
-        if captured is not None:
-            graph_loss, graph_correct = captured.take_stats()
-            loss_sum += graph_loss
-            correct += graph_correct
+        with captured.stream if captured is not None else contextlib.nullcontext():
+            for xb, yb, yb_host in bar:
+                seen += len(xb)
+                if captured is not None and len(xb) == batch_size:
+                    captured.step(xb, yb)
+                    continue
+                loss, ok = train_step(model, xb, yb, yb_host)
+                loss_sum += loss * len(xb)
+                correct += ok
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", accuracy=f"{correct / seen:.4f}")
+            if captured is not None:
+                graph_loss, graph_correct = captured.take_stats()
+                loss_sum += graph_loss
+                correct += graph_correct
+        try:  # labels out of range that only the device saw (one read, where the epoch synchronizes anyway)
+            F.check_label_errors()
+        except ValueError as e:
+            raise ValueError(f"fit, epoch {epoch + 1}: {e}") from None
         logs = {"loss": loss_sum / seen, "accuracy": correct / seen}
         if validation_data is not None:
             logs["val_loss"], logs["val_accuracy"] = evaluate(model, *validation_data)
         history.append(epoch, logs)
+        line = f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items())
         if verbose == 2:
-            print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()), flush=True)
+            print(line, flush=True)
+        elif verbose == 1 and not live:  # where the bar would have gone: stderr
+            print(line, file=sys.stderr, flush=True)
         elif verbose == 1 and validation_data is not None:
             bar.write(f"  val_loss={logs['val_loss']:.4f} val_accuracy={logs['val_accuracy']:.4f}")
     model.history = history
@@ -123,7 +166,7 @@ def _logits(model, x, batch_size):
 def evaluate(model, x, y, batch_size=256) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) on x, y in inference mode."""
     _check_nonempty(x, "evaluate")
-    y = _labels(y, len(x))
+    y = _labels(y, len(x), model)
     loss_sum, correct = 0.0, 0
     for i, logits in enumerate(_logits(model, x, batch_size)):
         yb = y[i * batch_size: (i + 1) * batch_size]

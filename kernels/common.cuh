@@ -22,6 +22,14 @@ typedef unsigned long long uint64_t;
          i##_u < unsigned(n); i##_u += i##_stride)                                                 \
         if (const int i = int(i##_u); true)
 
+// One warp per row, striding over the grid: warp w of the grid takes rows w, w + warps, ... (a warp
+// takes whole rows, so full-warp shuffles in the body have all 32 lanes); `r` an int in the body, the
+// counter unsigned as in GRID_STRIDE_LOOP.
+#define WARP_ROW_LOOP(r, rows)                                                                     \
+    for (unsigned r##_u = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, r##_stride = (gridDim.x * blockDim.x) >> 5; \
+         r##_u < unsigned(rows); r##_u += r##_stride)                                              \
+        if (const int r = int(r##_u); true)
+
 // The thread's index in a 1-D grid, unsigned (the tails of the vectorized loops add it to n & ~3).
 __device__ __forceinline__ unsigned grid_thread() { return blockIdx.x * blockDim.x + threadIdx.x; }
 

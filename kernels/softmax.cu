@@ -20,13 +20,6 @@ __device__ __forceinline__ float warp_allmax(float v) {
     return v;
 }
 
-// The warp-per-row loop: warp `w` of the grid takes rows w, w + warps, ...; `r` an int in the body,
-// the counter unsigned so that it cannot overflow near rows = 2^31 (see GRID_STRIDE_LOOP).
-#define WARP_ROW_LOOP(r, rows)                                                                     \
-    for (unsigned r##_u = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, r##_stride = (gridDim.x * blockDim.x) >> 5; \
-         r##_u < unsigned(rows); r##_u += r##_stride)                                              \
-        if (const int r = int(r##_u); true)
-
 // --------------------------------------------------------------------------- forward
 
 // out = softmax(x) (LOG: log_softmax) over rows of d contiguous elements; one warp per row.

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..backend import register
 from .cupy import _runtime
-from .cupy import conv, dense, elementwise, norm, optim, pool, softmax  # noqa: F401  (each registers its ops)
+from .cupy import conv, dense, elementwise, norm, optim, pool, softmax, transfer  # noqa: F401  (each registers its ops)
 
 B = "cupy"
 

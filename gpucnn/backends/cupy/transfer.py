@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...backend import register
 from . import _runtime as rt
 
 
@@ -59,7 +60,9 @@ class BatchFeeder:
         return slot, n
 
     def epoch(self, order: np.ndarray):
-        """Yield (x, y) device batches of consecutive `batch_size` chunks of `order`, on the current stream."""
+        """Yield (x, y, y_host) for consecutive `batch_size` chunks of `order`: x and y on the device, ready
+        for the current stream; y_host the same labels in the pinned buffer (valid until the next batch but
+        one is issued: for this step's accuracy)."""
         starts = range(0, len(order), self.batch_size)
         chunks = [order[s:s + self.batch_size] for s in starts]
         pending = self._issue(0, chunks[0]) if chunks else None
@@ -68,8 +71,14 @@ class BatchFeeder:
             pending = self._issue(i + 1, chunks[i + 1]) if i + 1 < len(chunks) else None
             compute = _current_stream()
             compute.wait_event(slot.copied)
-            yield slot.dev_x[:n], slot.dev_y[:n]
+            yield slot.dev_x[:n], slot.dev_y[:n], slot.host_y[:n]
             slot.consumed = compute.record()  # the step on this batch has been enqueued after this point
+
+
+@register("batch_feeder", "cupy")
+def batch_feeder(x, y, batch_size) -> BatchFeeder:
+    """fit's way to the device: see BatchFeeder."""
+    return BatchFeeder(x, y, batch_size)
 
 
 def _current_stream():

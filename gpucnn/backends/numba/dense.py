@@ -12,7 +12,8 @@ Kernels, each beside its launcher:
 - `_softmax_rows`, `_softmax_backward_rows`: one thread per softmax row (the max subtracted first);
   any rank and dim, as the contiguous array viewed as (outer, D, inner).
 - `_cross_entropy_rows`: per row, the stable log-sum-exp, the row's loss and its gradient row
-  (softmax - onehot) / N in one pass; then `col_sum` averages the row losses.
+  (softmax - onehot) / N in one pass (a label out of range recorded on the device, never used as an
+  index); then `col_sum` averages the row losses.
 
 Float32 discipline: no float64 literal or intermediate in a kernel. Every scalar a kernel needs
 (zero, one, N, ...) is made on the host as a value of the array dtype and passed as an argument;
@@ -303,12 +304,30 @@ def softmax_backward(dy, y, dim):
 
 # --------------------------------------------------------------------------- fused loss
 
+# The device's record of labels out of range (as kernels/softmax.cu's XENT_ERR_*): first bad launch
+# (-1 none), its row, its label, its classes, loss launches since the host last reset the record.
+_ERR_LAUNCH, _ERR_ROW, _ERR_LABEL, _ERR_CLASSES, _ERR_COUNT = range(5)
+_NO_ERROR = np.array([-1, 0, 0, 0, 0], np.int32)
+
+
 @cuda.jit(cache=True)
-def _cross_entropy_rows(logits, labels, dlogits, row_loss, one, n):
-    """Each thread one row: row_loss = -log softmax[label], dlogits = (softmax - onehot) / n."""
+def _cross_entropy_rows(logits, labels, dlogits, row_loss, err, one, nan, n):
+    """Each thread one row: row_loss = -log softmax[label], dlogits = (softmax - onehot) / n. A label out of
+    range is never used as an index: its row gets a NaN loss and a zero gradient, and the first one is
+    recorded in `err` (the host never reads labels to check them)."""
     start = cuda.grid(1)
     classes = logits.shape[1]
     for r in range(start, logits.shape[0], cuda.gridsize(1)):
+        label = labels[r]
+        if label < 0 or label >= classes:
+            for j in range(classes):
+                dlogits[r, j] = one - one
+            row_loss[r, 0] = nan
+            if cuda.atomic.cas(err, _ERR_LAUNCH, -1, err[_ERR_COUNT]) == -1:
+                err[_ERR_ROW] = r
+                err[_ERR_LABEL] = max(min(label, 2147483647), -2147483647)
+                err[_ERR_CLASSES] = classes
+            continue
         mx = logits[r, 0]
         for j in range(1, classes):
             if logits[r, j] > mx:
@@ -317,13 +336,39 @@ def _cross_entropy_rows(logits, labels, dlogits, row_loss, one, n):
         for j in range(classes):
             total += math.exp(logits[r, j] - mx)
         log_total = math.log(total)
-        label = labels[r]
         row_loss[r, 0] = -((logits[r, label] - mx) - log_total)
         for j in range(classes):
             p = math.exp((logits[r, j] - mx) - log_total)
             if j == label:
                 p -= one
             dlogits[r, j] = p / n
+
+
+@cuda.jit(cache=True)
+def _count_loss_launch(err):
+    """One thread: count a loss launch in the label-error record (after its rows kernel, stream-ordered)."""
+    err[_ERR_COUNT] += 1
+
+
+_ERR = []
+
+
+def _error_record():
+    """The label-error record on the device, allocated once; the host resets it with a device copy."""
+    if not _ERR:
+        _ERR.append(cuda.to_device(_NO_ERROR))
+        _ERR.append(cuda.to_device(_NO_ERROR))  # the reset value
+    return _ERR[0]
+
+
+@register("label_errors", B)
+def label_errors(reset=True):
+    """None, or (launch, row, label, classes) of the first label out of range since the last reset."""
+    err = _error_record()
+    launch, row, label, classes, _ = (int(v) for v in err.copy_to_host())
+    if reset:
+        err.copy_to_device(_ERR[1])
+    return None if launch < 0 else (launch, row, label, classes)
 
 
 @register("softmax_cross_entropy", B)
@@ -336,7 +381,9 @@ def softmax_cross_entropy(logits, labels):
         loss = cuda.device_array((1,), logits.dtype)
         _common.fill_nan[1, 1](loss)
         return loss.reshape(()), dlogits
-    one, n_typed = _scalars(logits.dtype, 1, n)
-    _cross_entropy_rows[_common.grid_1d(n, ROW_THREADS)](logits, labels, dlogits, row_loss, one, n_typed)
+    one, nan, n_typed = _scalars(logits.dtype, 1, math.nan, n)
+    err = _error_record()
+    _cross_entropy_rows[_common.grid_1d(n, ROW_THREADS)](logits, labels, dlogits, row_loss, err, one, nan, n_typed)
+    _count_loss_launch[1, 1](err)
     loss = _col_sum(row_loss, divisor=n)  # shape (1,): the mean over the batch
     return loss.reshape(()), dlogits

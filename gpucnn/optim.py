@@ -6,6 +6,8 @@ parameter name and updates every parameter of a model in one backend call
 """
 from __future__ import annotations
 
+import math
+
 from . import backend
 from . import functional as F
 
@@ -43,6 +45,11 @@ class Optimizer:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
 
 
+def _finite_nonneg(value) -> bool:
+    """0 <= value < inf; False for NaN (PyTorch refuses lr=NaN with its `not 0.0 <= lr` check)."""
+    return 0.0 <= value < math.inf
+
+
 def _check_keys(params, grads):
     if list(params) != list(grads):
         raise ValueError(f"params and grads must have the same keys in the same order, got {list(params)} "
@@ -54,8 +61,9 @@ class SGD(Optimizer):
 
     def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
         super().__init__()
-        if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
+        if not (_finite_nonneg(lr) and _finite_nonneg(momentum) and _finite_nonneg(weight_decay)):
+            raise ValueError(f"lr, momentum and weight_decay must be finite and >= 0, got {lr}, {momentum}, "
+                             f"{weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov momentum requires momentum > 0 and dampening = 0 (as in PyTorch)")
         self.lr, self.momentum, self.dampening = lr, momentum, dampening
@@ -83,7 +91,8 @@ class Adam(Optimizer):
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__()
-        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+        if not (_finite_nonneg(lr) and _finite_nonneg(eps) and _finite_nonneg(weight_decay)) \
+                or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"invalid Adam settings lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}")
         self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 
 
-def describe() -> str:
+def _blas_libs() -> list[dict]:
     from threadpoolctl import threadpool_info
-    libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return [i for i in threadpool_info() if i.get("user_api") == "blas"]
+
+
+def describe() -> str:
+    libs = _blas_libs()
     if not libs:
         return "no BLAS found by threadpoolctl"
     i = libs[0]
@@ -19,3 +23,9 @@ def describe() -> str:
     forced = os.environ.get("OPENBLAS_CORETYPE")
     how = f" (OPENBLAS_CORETYPE={forced} in the environment)" if forced else ""
     return f"{i.get('internal_api')} {i.get('version')}{arch}, {i.get('num_threads')} threads{how}"
+
+
+def blas_threads() -> int | None:
+    """The thread count of the BLAS NumPy uses (as threadpoolctl reports it now), or None if none is found."""
+    libs = _blas_libs()
+    return libs[0].get("num_threads") if libs else None

@@ -1,7 +1,16 @@
-"""The gpucnn command: train, summary, info, viz, bench."""
+"""The gpucnn command: train, summary, info, viz, bench.
+
+Every mistake the user can fix (an argument, a missing or malformed file, a
+backend that cannot run here) ends the command with one line on stderr,
+``gpucnn: error: <message>``, and exit status 1; ``--debug`` or
+``GPUCNN_DEBUG=1`` shows the traceback instead. Usage errors are argparse's
+(usage, then the error, status 2).
+"""
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 
@@ -10,45 +19,113 @@ import numpy as np
 DEFAULT_MODEL = {"digits": "digits_cnn", "mnist": "mnist_cnn", "cifar10": "cifar10_vgg"}
 
 
+class CLIError(Exception):
+    """A mistake in the command's arguments or inputs: main() reports it as one line, exit status 1."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise CLIError(message)
+
+
+def _check_dataset(spec: list[str]) -> None:
+    name, rest = spec[0], spec[1:]
+    _require(name in DEFAULT_MODEL, f"unknown dataset {name!r}; choose digits, 'mnist DIR' or 'cifar10 DIR'")
+    if name == "digits":
+        _require(not rest, "the digits dataset is bundled with scikit-learn and takes no directory")
+    else:
+        _require(len(rest) == 1, f"--dataset {name} needs the directory holding its files: --dataset {name} DIR")
+
+
 def _load_dataset(spec: list[str], seed: int):
     from . import data
+    _check_dataset(spec)
     name, rest = spec[0], spec[1:]
-    if name not in DEFAULT_MODEL:
-        raise SystemExit(f"gpucnn: unknown dataset {name!r}; choose digits, 'mnist DIR' or 'cifar10 DIR'")
     if name == "digits":
-        if rest:
-            raise SystemExit("gpucnn: the digits dataset is bundled with scikit-learn and takes no directory")
         x, y = data.load_digits()
         return data.train_test_split(x, y, test_size=0.2, seed=seed)
-    if len(rest) != 1:
-        raise SystemExit(f"gpucnn: --dataset {name} needs the directory holding its files: --dataset {name} DIR")
     loader = data.load_mnist if name == "mnist" else data.load_cifar10
     x_train, y_train = loader(rest[0], "train")
     x_test, y_test = loader(rest[0], "test")
     return x_train, x_test, y_train, y_test
 
 
+def _check_train_args(args) -> None:
+    """Everything about train's arguments that can be known before any work."""
+    _require(args.epochs >= 1, f"--epochs must be a positive integer, got {args.epochs}")
+    _require(args.batch_size >= 1, f"--batch-size must be at least 1, got {args.batch_size}")
+    _require(math.isfinite(args.lr) and args.lr > 0, f"--lr must be a finite number > 0, got {args.lr}")
+    if args.momentum is not None:
+        _require(args.optimizer == "sgd", f"--momentum applies to --optimizer sgd only, not {args.optimizer} "
+                                          "(Adam has no momentum setting)")
+        _require(math.isfinite(args.momentum) and args.momentum >= 0,
+                 f"--momentum must be a finite number >= 0, got {args.momentum}")
+    _require(args.threads is None or args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
+    _require(args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
+    _check_dataset(args.dataset)
+    if args.save:
+        _check_save_path(args.save)
+
+
+def _check_save_path(path: str) -> None:
+    """Fail now, not after training, when --save PATH cannot be written.
+
+    PATH must not be a folder, and its nearest existing ancestor must be a folder that takes a new file
+    (tried for real: a file is created there and removed). Missing folders are made when saving.
+    """
+    import tempfile
+    from pathlib import Path
+    target = Path(path)
+    _require(not target.is_dir(), f"--save {path}: is a folder; give a file name, such as {target / 'model.npz'}")
+    folder = target.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    _require(folder.is_dir(), f"--save {path}: {folder} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".gpucnn-save-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CLIError(f"--save {path}: cannot write in {folder} ({e.strerror or e})") from None
+    _require(not target.exists() or os.access(target, os.W_OK), f"--save {path}: the file is not writable")
+
+
 def cmd_train(args) -> int:
+    _check_train_args(args)
+    from contextlib import nullcontext
+
     import gpucnn
     from . import models
+    from ._blas import blas_threads
     start = time.perf_counter()
     backend = gpucnn.use_backend(args.backend).name
     x_train, x_test, y_train, y_test = _load_dataset(args.dataset, args.seed)
     name = args.model or DEFAULT_MODEL[args.dataset[0]]
     model = models.get(name, seed=args.seed)
-    if tuple(x_train.shape[1:]) != model.input_shape:
-        raise SystemExit(f"gpucnn: model {name} takes inputs {model.input_shape} but dataset {args.dataset[0]} "
-                         f"has {tuple(x_train.shape[1:])}")
-    opt = gpucnn.Adam(lr=args.lr) if args.optimizer == "adam" else gpucnn.SGD(lr=args.lr, momentum=args.momentum)
+    _require(tuple(x_train.shape[1:]) == model.input_shape,
+             f"model {name} takes inputs {model.input_shape} but dataset {args.dataset[0]} "
+             f"has {tuple(x_train.shape[1:])}")
+    momentum = 0.9 if args.momentum is None else args.momentum
+    opt = gpucnn.Adam(lr=args.lr) if args.optimizer == "adam" else gpucnn.SGD(lr=args.lr, momentum=momentum)
     model.compile(opt)
-    print(f"training {name} on {args.dataset[0]} ({len(x_train)} train / {len(x_test)} test) with {opt} "
-          f"on the {backend} backend", flush=True)
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-              verbose=args.verbose)
-    if args.save:
-        model.save(args.save)
-        print(f"saved to {args.save}")
-    loss, acc = model.evaluate(x_test, y_test)
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(limits=args.threads)
+    else:
+        limits = nullcontext()
+    with limits:
+        threads = blas_threads()
+        blas = f", {threads} BLAS thread{'s' if threads != 1 else ''}" if threads else ""
+        print(f"training {name} on {args.dataset[0]} ({len(x_train)} train / {len(x_test)} test) with {opt} "
+              f"on the {backend} backend{blas}", flush=True)
+        model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                  verbose=args.verbose)
+        if args.save:
+            from pathlib import Path
+            Path(args.save).absolute().parent.mkdir(parents=True, exist_ok=True)
+            model.save(args.save)
+            print(f"saved to {args.save}")
+        loss, acc = model.evaluate(x_test, y_test)
     print(f"{time.perf_counter() - start:.1f} s in all")
     print(f"test accuracy: {acc:.4f} ({round(acc * len(x_test))}/{len(x_test)} held out), test loss: {loss:.4f}")
     return 0
@@ -69,7 +146,9 @@ def cmd_info(args) -> int:
         print(f"{name:6s} {state}")
     print(f"auto   -> {resolve('auto')}")
     from ._blas import describe
-    print(f"numpy {np.__version__}: {describe()}")
+    from ._driver import describe as driver
+    print(f"blas   {describe()} (numpy {np.__version__}; gpucnn train --threads N sets the threads)")
+    print(f"cuda   {driver()}")
     return 0
 
 
@@ -79,20 +158,19 @@ def _viz_image(spec: str, model):
         from . import data
         x, y = data.load_digits()
         index = spec.split(":", 1)[1]
-        if not index.isdigit() or int(index) >= len(x):
-            raise SystemExit(f"gpucnn: --image digits:INDEX needs an INDEX in 0..{len(x) - 1}, got {spec!r}")
+        _require(index.isdigit() and int(index) < len(x),
+                 f"--image digits:INDEX needs an INDEX in 0..{len(x) - 1}, got {spec!r}")
         img, label = x[int(index)], int(y[int(index)])
-        if img.shape != model.input_shape:
-            raise SystemExit(f"gpucnn: the digits are {img.shape} images but the model takes {model.input_shape}")
+        _require(img.shape == model.input_shape,
+                 f"the digits are {img.shape} images but the model takes {model.input_shape}")
         return img.astype(model.dtype), f"digits[{index}], label {label}"
     from pathlib import Path
-    if not Path(spec).is_file():
-        raise SystemExit(f"gpucnn: --image {spec!r}: no such file (or use digits:INDEX)")
+    _require(Path(spec).is_file(), f"--image {spec!r}: no such file (or use digits:INDEX)")
     from skimage import color, io, transform, util
     try:
         img = util.img_as_float(io.imread(spec))
     except Exception as e:
-        raise SystemExit(f"gpucnn: cannot read image {spec!r}: {e}") from None
+        raise CLIError(f"cannot read image {spec!r}: {e}") from None
     c, h, w = model.input_shape
     if img.ndim == 3 and img.shape[2] == 4:
         img = color.rgba2rgb(img)
@@ -100,37 +178,46 @@ def _viz_image(spec: str, model):
         img = color.rgb2gray(img)
     if c == 3 and img.ndim == 2:
         img = color.gray2rgb(img)
-    if c not in (1, 3):
-        raise SystemExit(f"gpucnn: the model takes {c}-channel inputs; image files give 1 or 3 channels")
+    _require(c in (1, 3), f"the model takes {c}-channel inputs; image files give 1 or 3 channels")
     img = transform.resize(img, (h, w), anti_aliasing=True)
     img = img[None] if c == 1 else img.transpose(2, 0, 1)
     return np.ascontiguousarray(img, dtype=model.dtype), Path(spec).name
 
 
 def _viz_embedding_data(args, model):
-    """Labelled inputs for the embedding: the held-out digits, or --dataset mnist|cifar10 DIR (test set)."""
+    """Labelled inputs for the embedding: the held-out digits, or --dataset mnist|cifar10 DIR (test set).
+
+    None when there are none (a model that does not take digits, and no --dataset): the embedding is skipped.
+    """
     from . import data
     if args.dataset:
         name, rest = args.dataset[0], args.dataset[1:]
-        if name not in ("mnist", "cifar10") or len(rest) != 1:
-            raise SystemExit("gpucnn: --dataset takes 'mnist DIR' or 'cifar10 DIR'")
+        _require(name in ("mnist", "cifar10") and len(rest) == 1, "--dataset takes 'mnist DIR' or 'cifar10 DIR'")
         x, y = (data.load_mnist if name == "mnist" else data.load_cifar10)(rest[0], "test")
     elif model.input_shape == (1, 8, 8):
         x, y = data.load_digits()
         x, y = data.train_test_split(x, y, test_size=0.2, seed=0)[1::2]
     else:
-        raise SystemExit(f"gpucnn: the embedding needs labelled inputs of shape {model.input_shape}: "
-                         "--dataset mnist DIR or --dataset cifar10 DIR")
-    if tuple(x.shape[1:]) != model.input_shape:
-        raise SystemExit(f"gpucnn: the dataset's images are {tuple(x.shape[1:])}, the model takes {model.input_shape}")
+        return None
+    _require(tuple(x.shape[1:]) == model.input_shape,
+             f"the dataset's images are {tuple(x.shape[1:])}, the model takes {model.input_shape}")
     return x[:args.samples].astype(model.dtype), y[:args.samples]
 
 
+def _check_viz_args(args) -> None:
+    for flag in ("stride", "patch", "steps", "samples"):
+        value = getattr(args, flag)
+        _require(value is None or value >= 1, f"--{flag} must be at least 1, got {value}")
+    _require(math.isfinite(args.lr) and args.lr > 0, f"--lr must be a finite number > 0, got {args.lr}")
+    _require(args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
+
+
 def cmd_viz(args) -> int:
+    _check_viz_args(args)
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit("gpucnn viz draws with matplotlib: pip install 'gpucnn[notebooks]'") from None
+        raise CLIError("viz draws with matplotlib: pip install 'gpucnn[notebooks]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from pathlib import Path
@@ -140,10 +227,13 @@ def cmd_viz(args) -> int:
     from .layers import Conv2D
     try:
         model = gpucnn.load_model(args.model)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"gpucnn: --model {args.model}: {e}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a file that is not a model, or a broken one
+        message = f"{type(e).__name__} {e}" if isinstance(e, KeyError) else _one_line(e)
+        if message.startswith(str(args.model)):
+            raise CLIError(f"--model {message}") from None
+        raise CLIError(message if str(args.model) in message else f"--model {args.model}: {message}") from None
     x, what = _viz_image(args.image, model)
-    X, labels = _viz_embedding_data(args, model)
+    embedding = _viz_embedding_data(args, model)
     backend = gpucnn.use_backend(args.backend).name
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,20 +255,27 @@ def cmd_viz(args) -> int:
             [viz.activation_maximization(model, layer, u, steps=args.steps, lr=args.lr, seed=args.seed)
              for u in range(n)], titles=[f"{layer}[{u}]" for u in range(n)],
             title=f"inputs that maximize units of {layer}"),
-        f"embedding_{args.method}": lambda: viz.plot_embedding(
-            viz.embed(model, X, method=args.method, seed=args.seed), labels,
-            title=f"{viz.last_hidden_layer(model)} of {len(X)} held-out images, {args.method.upper()}"),
     }
+    if embedding is not None:
+        X, labels = embedding
+        figures[f"embedding_{args.method}"] = lambda: viz.plot_embedding(
+            viz.embed(model, X, method=args.method, seed=args.seed), labels,
+            title=f"{viz.last_hidden_layer(model)} of {len(X)} held-out images, {args.method.upper()}")
     for kind, draw in figures.items():
         fig = draw()
         path = out / f"{kind}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         print(path)
+    if embedding is None:
+        print(f"gpucnn: embedding_{args.method}.png skipped: it needs labelled images of shape {model.input_shape}; "
+              "add --dataset mnist DIR or --dataset cifar10 DIR", file=sys.stderr)
     return 0
 
 
 def cmd_bench(args) -> int:
+    for flag, values in (("repeats", [args.repeats]), ("step-batch", [args.step_batch]), ("batch", args.batch)):
+        _require(all(v >= 1 for v in values), f"--{flag} must be at least 1, got {' '.join(map(str, values))}")
     from . import bench
     from .config import tf32
     ops = args.op or list(bench.OPS)
@@ -189,9 +286,7 @@ def cmd_bench(args) -> int:
                         step_batch=args.step_batch,
                         progress=not args.no_progress, command="gpucnn " + " ".join(sys.argv[1:]))
     print(bench.format_table(doc))
-    if not doc["settings"]["backends_timed"]:
-        print("gpucnn bench: no backend could be timed here (see 'skipped' above)", file=sys.stderr)
-        return 1
+    _require(doc["settings"]["backends_timed"], "no backend could be timed here (see 'skipped' above)")
     if args.out:
         for path in bench.write_results(doc, args.out):
             print(path)
@@ -201,10 +296,19 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .backend import AUTO_ORDER
     from .models import ZOO
-    p = argparse.ArgumentParser(prog="gpucnn", description="CNNs on hand-written CUDA kernels, NumPy as reference.")
+    p = argparse.ArgumentParser(prog="gpucnn", description="CNNs on hand-written CUDA kernels, NumPy as reference.",
+                                epilog="A mistake ends the command with one line, 'gpucnn: error: ...', and exit "
+                                       "status 1; --debug (or GPUCNN_DEBUG=1) shows the traceback instead.")
+    debug_help = "on an error, show the traceback instead of one line (also GPUCNN_DEBUG=1)"
+    p.add_argument("--debug", action="store_true", help=debug_help)
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command too (gpucnn train --debug)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a zoo model and print the held-out test accuracy last")
+    def add(name, **kwargs):
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    t = add("train", help="train a zoo model and print the held-out test accuracy last")
     t.add_argument("--model", choices=sorted(ZOO), help="default: the dataset's own net (digits: digits_cnn)")
     t.add_argument("--dataset", nargs="+", default=["digits"], metavar="NAME [DIR]",
                    help="digits (bundled, default) | mnist DIR | cifar10 DIR")
@@ -212,22 +316,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    t.add_argument("--momentum", type=float, help="SGD momentum (default 0.9; sgd only)")
     t.add_argument("--backend", default="auto", choices=sorted(AUTO_ORDER) + ["auto"])
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
-    t.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1, help="0 silent, 1 progress bar, 2 a line an epoch")
+    t.add_argument("--save", metavar="PATH", help="write the trained model (.npz); checked before training, "
+                                                  "missing folders are made")
+    t.add_argument("--threads", type=int, metavar="N", help="BLAS/OpenMP threads for the run (threadpoolctl; "
+                                                           "default: the library's own, see gpucnn info)")
+    t.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
+                   help="0 silent, 1 progress bar (a line an epoch when stderr is not a terminal), 2 a line an "
+                        "epoch on stdout")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("summary", help="print a zoo model's Keras-style summary")
+    s = add("summary", help="print a zoo model's Keras-style summary")
     s.add_argument("model", choices=sorted(ZOO))
     s.set_defaults(func=cmd_summary)
 
-    i = sub.add_parser("info", help="which backends work here, and why not")
+    i = add("info", help="which backends work here, and why not")
     i.set_defaults(func=cmd_info)
 
-    v = sub.add_parser("viz", help="what a saved model sees: one PNG per kind (filters, feature maps, saliency, "
-                                   "occlusion, activation maximization, embedding)")
+    v = add("viz", help="what a saved model sees: one PNG per kind (filters, feature maps, saliency, "
+                        "occlusion, activation maximization, embedding)")
     v.add_argument("--model", required=True, metavar="PATH", help="a model saved with Model.save / train --save")
     v.add_argument("--image", required=True, metavar="digits:INDEX|FILE", help="a bundled digit or an image file")
     v.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs (created)")
@@ -240,13 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--method", choices=["pca", "tsne"], default="pca", help="embedding method (default pca)")
     v.add_argument("--samples", type=int, default=500, help="images in the embedding (default 500)")
     v.add_argument("--dataset", nargs=2, metavar=("NAME", "DIR"),
-                   help="embedding data for non-digits models: mnist DIR | cifar10 DIR (test set)")
+                   help="embedding data for non-digits models: mnist DIR | cifar10 DIR (test set); without it "
+                        "their embedding is skipped")
     v.add_argument("--backend", default="auto", choices=sorted(AUTO_ORDER) + ["auto"])
     v.add_argument("--seed", type=int, default=0)
     v.set_defaults(func=cmd_viz)
 
-    b = sub.add_parser("bench", help="time every op x backend x shape (and whole training steps) beside PyTorch; "
-                                     "a table here, JSON + markdown + roofline PNG in --out")
+    b = add("bench", help="time every op x backend x shape (and whole training steps) beside PyTorch; "
+                          "a table here, JSON + markdown + roofline PNG in --out")
     b.add_argument("--backend", nargs="+", choices=["numpy", "numba", "cupy"],
                    help="backends to time (default: every one that runs here; a simulator is never timed)")
     b.add_argument("--op", nargs="+", choices=["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
@@ -268,9 +378,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line, without a leading 'gpucnn: ' (main adds 'gpucnn: error: ')."""
+    text = str(error.code) if isinstance(error, SystemExit) else str(error)
+    if isinstance(error, OSError) and error.strerror and error.filename:  # not "[Errno 2] ...: 'path'"
+        text = f"{error.filename}: {error.strerror}"
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip()) or type(error).__name__
+    for prefix in ("gpucnn: error: ", "gpucnn: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the gpucnn command; returns its exit status.
+
+    A mistake the user can fix (CLIError, ValueError, TypeError, OSError, BackendError, a SystemExit with a
+    message) raises SystemExit('gpucnn: error: <one line>'): Python prints that line to stderr and exits
+    with status 1. With --debug or GPUCNN_DEBUG=1 the original exception propagates, traceback and all.
+    Output cut short by a closed pipe (gpucnn info | head -1) ends quietly.
+    """
+    from .backend import BackendError
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    debug = args.debug or os.environ.get("GPUCNN_DEBUG", "") not in ("", "0")
+    try:
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # as the Python docs advise (signal module, note on SIGPIPE): point stdout at devnull so the flush at
+        # exit does not fail again, and end with status 1
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except SystemExit as e:
+        if debug or e.code is None or isinstance(e.code, int):
+            raise
+        raise SystemExit(f"gpucnn: error: {_one_line(e)}") from None
+    except (CLIError, ValueError, TypeError, OSError, BackendError) as e:
+        if debug:
+            raise
+        raise SystemExit(f"gpucnn: error: {_one_line(e)}") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

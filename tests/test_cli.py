@@ -172,3 +172,125 @@ def test_python_dash_m_gpucnn_without_command_fails():
                           timeout=120)
     assert proc.returncode == 2
     assert "usage" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- issue 11: threads, driver, viz, progress
+def test_train_threads_sets_the_blas_threads_for_the_run(monkeypatch, capsys):
+    from gpucnn._blas import blas_threads
+    seen = []
+    fit = gpucnn.Model.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append(blas_threads())
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(gpucnn.Model, "fit", spy)
+    before = blas_threads()
+    assert cli.main(["train", "--epochs", "1", "--verbose", "0", "--threads", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("on the numpy backend, 1 BLAS thread") or before is None, out[0]
+    assert seen == [1 if before is not None else None]
+    assert blas_threads() == before  # restored after the run
+
+
+def test_info_shows_blas_threads_and_the_cupy_wheel_for_the_driver(monkeypatch, capsys):
+    from gpucnn import _driver
+    from gpucnn._blas import blas_threads
+    for version, wheel in [(12040, "cupy-cuda12x"), (13000, "cupy-cuda13x")]:
+        monkeypatch.setattr(_driver, "cuda_driver_version", lambda v=version: v)
+        assert cli.main(["info"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        blas = [line for line in lines if line.startswith("blas ")]
+        assert len(blas) == 1 and f"{blas_threads()} threads" in blas[0] and "--threads" in blas[0], lines
+        cuda = [line for line in lines if line.startswith("cuda ")]
+        assert len(cuda) == 1 and wheel in cuda[0] and f"gpucnn[cuda{version // 1000}]" in cuda[0], lines
+        assert f"CUDA {version // 1000}.{version % 1000 // 10}" in cuda[0]
+    monkeypatch.setattr(_driver, "cuda_driver_version", lambda: None)
+    assert cli.main(["info"]) == 0
+    cuda = [line for line in capsys.readouterr().out.splitlines() if line.startswith("cuda ")]
+    assert len(cuda) == 1 and "no CUDA driver" in cuda[0] and "no GPU backend can run" in cuda[0]
+
+
+def test_driver_version_read_through_ctypes(monkeypatch):
+    import ctypes
+
+    from gpucnn import _driver
+
+    class FakeLibcuda:
+        def __init__(self, version, status=0):
+            self.version, self.status = version, status
+
+        def cuDriverGetVersion(self, ref):  # noqa: N802 - the driver API's name
+            ref._obj.value = self.version
+            return self.status
+
+    opened = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: opened.append(name) or FakeLibcuda(13010))
+    assert _driver.cuda_driver_version() == 13010
+    assert opened == ["nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"]
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibcuda(12080, status=3))  # CUDA_ERROR_NOT_INITIALIZED
+    assert _driver.cuda_driver_version() is None
+
+    def missing(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    assert _driver.cuda_driver_version() is None
+    assert [_driver.cupy_wheel(v) for v in (12000, 12090, 13000, 13020, None)] == \
+        ["cupy-cuda12x", "cupy-cuda12x", "cupy-cuda13x", "cupy-cuda13x", None]
+
+
+def test_train_save_makes_missing_folders(tmp_path, capsys):
+    path = tmp_path / "runs" / "today" / "model.npz"
+    assert cli.main(["train", "--epochs", "1", "--verbose", "0", "--save", str(path)]) == 0
+    assert f"saved to {path}" in capsys.readouterr().out
+    gpucnn.load_model(path)
+
+
+def test_viz_without_data_draws_every_other_picture(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from skimage import io
+    model = tmp_path / "lenet.npz"
+    gpucnn.models.lenet_like(seed=0).save(model)  # takes (3, 32, 32): no bundled data for its embedding
+    photo = tmp_path / "photo.png"
+    io.imsave(photo, (np.random.default_rng(0).random((30, 30, 3)) * 255).astype(np.uint8), check_contrast=False)
+    out = tmp_path / "out"
+    assert cli.main(["viz", "--model", str(model), "--image", str(photo), "--out", str(out), "--steps", "1",
+                     "--stride", "9", "--backend", "numpy"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{kind}.png" for kind in (
+        "filters", "feature_maps", "saliency", "occlusion", "activation_maximization"))
+    err = capsys.readouterr().err
+    assert "embedding" in err and "skipped" in err and "--dataset" in err
+
+
+class _Stream:
+    """A text stream that says whether it is a terminal."""
+
+    def __init__(self, tty):
+        import io
+        self.buffer, self.tty = io.StringIO(), tty
+
+    def write(self, s):
+        return self.buffer.write(s)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return self.tty
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_line_an_epoch_elsewhere(monkeypatch):
+    x, y = load_digits()
+    x, y = x[:128], y[:128]
+    for tty in (False, True):
+        stream = _Stream(tty)
+        monkeypatch.setattr(sys, "stderr", stream)
+        gpucnn.models.digits_cnn(seed=0).fit(x, y, epochs=2, batch_size=64, seed=0, verbose=1)
+        monkeypatch.undo()
+        text = stream.buffer.getvalue()
+        if tty:
+            assert "\r" in text and "epoch 2/2" in text  # tqdm's live bar
+        else:
+            assert "\r" not in text
+            assert [line.split()[:2] for line in text.splitlines()] == [["epoch", "1/2"], ["epoch", "2/2"]], text

@@ -1,35 +1,158 @@
-"""Backends: which exist here and why not, the (op, backend) registry, use_backend().
+"""Backends: what one is (the `Backend` interface), which exist here and why not, the op registry, use_backend().
 
-One registry maps (op name, backend name) to a function. A backend module
-(``gpucnn.backends.<name>``) registers its functions with ``@register(op, name)``
-when it is imported; it is imported the first time its backend is chosen, so
-``import gpucnn`` never pays for Numba or CuPy. Asking for an op a backend
-lacks, or for a backend that does not exist, raises an error naming both:
-there is never a silent fallback to another backend.
+A backend is an object, one per package ``gpucnn.backends.<name>``, found by
+walking that package (this module names none of them). It answers for itself:
+
+- ``probe()``: None when it can run here, else the reason it cannot; ``simulated``:
+  its kernels run on the CPU for tests (Numba's CUDA simulator, the CuPy emulator);
+- arrays: ``asarray`` (host -> backend), ``to_host``, ``empty``, ``zeros``;
+- ``synchronize()``, ``timer()`` (a CPU clock or CUDA events) and ``device_facts()``;
+- ``capture``: the capture primitive (a step arena, a graph, a stream) where the
+  backend has one, else None; ``batch_feeder``: a pinned double-buffered batch
+  feeder, or None.
+
+Its ops live in its family modules, which register their host functions with
+``@register(op, name)`` when ``load()`` imports them, the first time the backend
+is asked for an op, so ``import gpucnn`` never pays for Numba or CuPy. Asking
+for an op a backend lacks, or for a backend that does not exist, raises an
+error naming both: there is never a silent fallback to another backend.
 """
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
+import pkgutil
+import time
 from typing import Callable
 
-BACKENDS = ("numpy", "numba", "cupy")
-AUTO_ORDER = ("cupy", "numba", "numpy")  # fastest first
-
 _registry: dict[tuple[str, str], Callable] = {}
-_loaded: set[str] = set()
-_current = "numpy"
+_backends: dict[str, "Backend"] = {}
+_discovered = False
+_current: str | None = None  # the host backend until use_backend says otherwise (see current_backend)
 
 
 class BackendError(RuntimeError):
     """A backend cannot run here, or lacks an op."""
 
 
+class CpuTimer:
+    """Wall time of a call on the monotonic clock (a CPU backend's work is done when the call returns)."""
+
+    device, clock = "cpu", "cpu-monotonic"
+
+    def sync(self):
+        pass
+
+    def time_ms(self, fn) -> float:
+        t = time.perf_counter_ns()
+        fn()
+        return (time.perf_counter_ns() - t) / 1e6
+
+
+class Backend:
+    """The interface every backend object provides (defaults: a host backend)."""
+
+    name = ""
+    priority = 100     # 'auto' tries backends in increasing priority (fastest first); listings go the other way
+    device = "cpu"     # where its arrays live and its kernels run: 'cpu' or 'gpu'
+    families: tuple[str, ...] = ()  # op-family modules of its package, imported by load()
+    capture = None     # the capture primitive (see backends/cupy), where the backend has one
+    batch_feeder = None  # (x, y, batch_size) -> a feeder with .epoch(order), where the backend has one
+
+    # -- can it run here
+    def probe(self) -> str | None:
+        return None
+
+    @property
+    def simulated(self) -> bool:
+        return False
+
+    def load(self) -> None:
+        """Import the op families (each registers its ops); once."""
+        if not getattr(self, "_loaded", False):
+            for family in self.families:
+                importlib.import_module(f"{type(self).__module__}.{family}")
+            self._loaded = True
+
+    # -- arrays
+    def asarray(self, a):
+        raise NotImplementedError
+
+    def to_host(self, a):
+        raise NotImplementedError
+
+    def empty(self, shape, dtype):
+        raise NotImplementedError
+
+    def zeros(self, shape, dtype):
+        raise NotImplementedError
+
+    # -- time and the device
+    def synchronize(self) -> None:
+        pass
+
+    def timer(self):
+        """A timer whose time_ms(fn) is the time of fn's work on this backend's device."""
+        self.refuse_simulated()
+        return CpuTimer()
+
+    def refuse_simulated(self) -> None:
+        if self.simulated:
+            raise ValueError(f"backend {self.name!r} runs in a simulator (CPU emulation of its kernels): never timed")
+
+    def device_facts(self) -> dict:
+        """What the device is: name, SMs, memory, cache, driver... (a GPU backend asks its library)."""
+        return {}
+
+    def __repr__(self):
+        return f"<gpucnn backend {self.name!r}>"
+
+
+def register_backend(obj: Backend) -> Backend:
+    """Make a backend object known under obj.name (each backend package calls this on import)."""
+    _backends[obj.name] = obj
+    return obj
+
+
+def _discover() -> dict[str, Backend]:
+    global _discovered
+    if not _discovered:
+        from . import backends
+        for mod in pkgutil.iter_modules(backends.__path__):
+            if mod.ispkg:
+                importlib.import_module(f"{backends.__name__}.{mod.name}")
+        _discovered = True
+    return _backends
+
+
+def host_backend() -> str:
+    """The backend whose arrays are host NumPy arrays (the reference, and where a model's state starts)."""
+    from .backends import HOST
+    return HOST
+
+
+def names() -> list[str]:
+    """Every backend gpucnn has, the host reference first, the fastest last."""
+    return [b.name for b in sorted(_discover().values(), key=lambda b: -b.priority)]
+
+
+def auto_order() -> list[str]:
+    """The order 'auto' tries the backends in: fastest first."""
+    return names()[::-1]
+
+
+def get_backend(name: str | None = None) -> Backend:
+    """The backend object `name` (default: the current one)."""
+    name = current_backend() if name is None else name
+    found = _discover().get(name)
+    if found is None:
+        raise BackendError(f"unknown backend {name!r}; known: {', '.join(names())}")
+    return found
+
+
 def register(op: str, backend: str):
     """Decorator: make ``fn`` the implementation of ``op`` on ``backend``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend not in _discover():
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(names())}")
 
     def deco(fn):
         _registry[(op, backend)] = fn
@@ -40,56 +163,26 @@ def register(op: str, backend: str):
 
 def _probe(name: str) -> str | None:
     """None when backend `name` can run on this machine, else the reason it cannot."""
-    if name == "numba":
-        try:
-            from numba import cuda
-        except Exception as e:  # pragma: no cover - depends on the install
-            return f"numba.cuda cannot be imported: {e}"
-        if not simulated("numba") and not cuda.is_available():
-            return "numba cannot reach a CUDA GPU (numba.cuda.is_available() is False: no GPU or driver here)"
-    if name == "cupy" and simulated("cupy"):
-        from .backends.cupy import hostemu
-        if hostemu.compiler() is None:
-            return "GPUCNN_CUPY_EMULATE=1 needs g++ to build the kernels for the CPU, and none was found"
-    elif name == "cupy":
-        try:
-            import cupy
-        except Exception as e:
-            return f"cupy is not installed or cannot load ({type(e).__name__}: {e}); pip install 'gpucnn[cuda]'"
-        try:
-            if cupy.cuda.runtime.getDeviceCount() < 1:
-                return "cupy sees no CUDA device"
-        except Exception as e:
-            return f"cupy cannot reach a CUDA device: {e}"
-    if importlib.util.find_spec(f"gpucnn.backends.{name}_backend") is None:
-        return f"the {name} backend is planned: gpucnn has no {name} kernels yet"
+    b = get_backend(name)
+    reason = b.probe()
+    if reason is not None:
+        return reason
     try:
-        _load(name)
+        b.load()
     except ImportError as e:
-        return f"the {name} backend module cannot be imported: {e}"
+        return f"the {name} backend's kernels cannot be imported: {e}"
     return None
 
 
 def simulated(name: str) -> bool:
-    """True when `name`'s kernels run on the CPU, for tests: Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1)
-    or the CuPy backend's CUDA C compiled for the host by hostemu (GPUCNN_CUPY_EMULATE=1)."""
-    if name == "numba":
-        return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-    if name == "cupy":
-        return os.environ.get("GPUCNN_CUPY_EMULATE") == "1"
-    return False
-
-
-def _load(name: str) -> None:
-    if name not in _loaded:
-        importlib.import_module(f"gpucnn.backends.{name}_backend")
-        _loaded.add(name)
+    """True when `name`'s kernels run on the CPU, for tests (a simulator or an emulator)."""
+    return get_backend(name).simulated
 
 
 def info() -> dict[str, dict]:
     """For each backend: whether it works here, why not if it does not, and how many ops it has."""
     out = {}
-    for name in BACKENDS:
+    for name in names():
         reason = _probe(name)
         ops = sorted(op for (op, b) in _registry if b == name)
         out[name] = {"available": reason is None, "reason": reason, "ops": ops, "simulated": simulated(name)}
@@ -97,17 +190,17 @@ def info() -> dict[str, dict]:
 
 
 def available_backends() -> list[str]:
-    return [name for name in BACKENDS if _probe(name) is None]
+    return [name for name in names() if _probe(name) is None]
 
 
 def resolve(name: str) -> str:
     """The concrete backend `name` stands for ('auto': the fastest that works here, never a simulator)."""
     if name == "auto":
-        for cand in AUTO_ORDER:
+        for cand in auto_order():
             if not simulated(cand) and _probe(cand) is None:
                 return cand
-    if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS + ('auto',))}")
+    if name not in _discover():
+        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(names() + ['auto'])}")
     reason = _probe(name)
     if reason is not None:
         raise BackendError(f"backend {name!r} cannot run here: {reason}")
@@ -125,7 +218,7 @@ class use_backend:
     def __init__(self, name: str):
         global _current
         self.name = resolve(name)
-        self._previous = _current
+        self._previous = current_backend()
         _current = self.name
 
     def __enter__(self):
@@ -141,20 +234,20 @@ class use_backend:
 
 
 def current_backend() -> str:
-    return _current
+    return host_backend() if _current is None else _current
 
 
 def get_op(op: str, backend: str | None = None) -> Callable:
     """The function implementing `op` on `backend` (default: the current one)."""
-    backend = _current if backend is None else backend
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r} (asked for op {op!r}); known: {', '.join(BACKENDS)}")
+    backend = current_backend() if backend is None else backend
+    if backend not in _discover():
+        raise BackendError(f"unknown backend {backend!r} (asked for op {op!r}); known: {', '.join(names())}")
     try:
         return _registry[(op, backend)]
     except KeyError:
         pass
     try:
-        _load(backend)
+        get_backend(backend).load()
     except ImportError as e:
         raise BackendError(f"op {op!r} is not available: backend {backend!r} cannot be loaded ({e})") from None
     try:
@@ -163,14 +256,14 @@ def get_op(op: str, backend: str | None = None) -> Callable:
         raise BackendError(f"op {op!r} is not implemented on backend {backend!r}") from None
 
 
-def has_op(op: str, backend: str | None = None) -> bool:
-    """Whether `backend` (default: the current one) implements `op` (loading it if needed)."""
-    try:
-        get_op(op, backend)
-    except BackendError:
-        return False
-    return True
-
-
 def dispatch(op: str, *args, **kwargs):
     return get_op(op)(*args, **kwargs)
+
+
+def move(a, source: str, target: str | None = None):
+    """Array `a` of backend `source` as an array of `target` (default: the current backend), through the host.
+    The one way state (parameters, optimizer buffers) changes backends."""
+    target = current_backend() if target is None else target
+    if source == target:
+        return a
+    return get_backend(target).asarray(get_backend(source).to_host(a))

@@ -795,7 +795,7 @@ def gpucnn_graph_step(name: str, batch: int):
     """A closure running the same step as gpucnn_step through fit's captured CUDA graph (cupy backend):
     the first two calls are plain steps, the third captures and launches, every later call is a replay."""
     from . import models
-    from .backends.cupy.graph import CapturedStep
+    from .capture import CapturedStep
     from .optim import SGD
     model = models.get(name, seed=0).compile(SGD(lr=0.01, momentum=0.9))
     rng = np.random.default_rng(0)

@@ -294,7 +294,7 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .backend import AUTO_ORDER
+    from .backend import names as backend_names
     from .models import ZOO
     p = argparse.ArgumentParser(prog="gpucnn", description="CNNs on hand-written CUDA kernels, NumPy as reference.",
                                 epilog="A mistake ends the command with one line, 'gpucnn: error: ...', and exit "
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     t.add_argument("--momentum", type=float, help="SGD momentum (default 0.9; sgd only)")
-    t.add_argument("--backend", default="auto", choices=sorted(AUTO_ORDER) + ["auto"])
+    t.add_argument("--backend", default="auto", choices=backend_names() + ["auto"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save", metavar="PATH", help="write the trained model (.npz); checked before training, "
                                                   "missing folders are made")
@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--dataset", nargs=2, metavar=("NAME", "DIR"),
                    help="embedding data for non-digits models: mnist DIR | cifar10 DIR (test set); without it "
                         "their embedding is skipped")
-    v.add_argument("--backend", default="auto", choices=sorted(AUTO_ORDER) + ["auto"])
+    v.add_argument("--backend", default="auto", choices=backend_names() + ["auto"])
     v.add_argument("--seed", type=int, default=0)
     v.set_defaults(func=cmd_viz)
 

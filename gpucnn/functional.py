@@ -12,7 +12,7 @@ from __future__ import annotations
 import numbers
 
 from . import shapes
-from .backend import dispatch
+from .backend import dispatch, get_backend
 
 __all__ = [
     "conv2d", "conv2d_relu", "conv2d_backward",
@@ -21,7 +21,7 @@ __all__ = [
     "linear", "linear_backward", "softmax", "log_softmax", "softmax_backward",
     "softmax_cross_entropy", "dropout", "dropout_backward", "batch_norm", "batch_norm_backward",
     "add", "concat", "concat_backward", "sgd_step", "adam_step",
-    "asarray", "to_numpy", "zeros_like", "check_label_errors", "clear_label_errors",
+    "asarray", "to_numpy", "zeros_like", "accumulate_loss_stats", "check_label_errors", "clear_label_errors",
 ]
 
 
@@ -343,16 +343,25 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, step, lr=1e-3, beta1=0.9, be
 
 def asarray(a):
     """A host array as the current backend's array (a copy to the device on GPU backends)."""
-    return dispatch("asarray", a)
+    return get_backend().asarray(a)
 
 
 def to_numpy(a):
     """Any backend's array as a NumPy array on the host."""
-    return dispatch("to_numpy", a)
+    return get_backend().to_host(a)
 
 
 def zeros_like(a):
-    return dispatch("zeros_like", a)
+    return get_backend().zeros(a.shape, a.dtype)
+
+
+def accumulate_loss_stats(logits, labels, loss, loss_sum, correct) -> None:
+    """Training statistics without a host read, in place: loss_sum[0] += loss * rows, correct[0] += the
+    rows whose first maximal logit is at their label. A captured step (CUDA graph) accumulates them on
+    the device and reads them once an epoch."""
+    shapes.check_array(logits, "logits", 2)
+    labels = shapes.class_indices(labels, logits.shape[0], logits.shape[1])
+    dispatch("accumulate_loss_stats", logits, labels, loss, loss_sum, correct)
 
 
 def clear_label_errors() -> None:

@@ -63,7 +63,7 @@ class Model:
         rng = np.random.default_rng(seed)
         for layer in self.layers:
             layer.build(rng, self.dtype)
-        self._on = "numpy"  # where the parameters live
+        self._on = backend.host_backend()  # where the parameters live
         self.optimizer = None
         self.history = None
 
@@ -94,7 +94,7 @@ class Model:
         for layer in self.layers:
             for store in (layer.params, layer.buffers, layer.grads):
                 for k, v in store.items():
-                    store[k] = backend.get_op("asarray", here)(backend.get_op("to_numpy", self._on)(v))
+                    store[k] = backend.move(v, self._on, here)
         self._on = here
 
     # ----------------------------------------------------------------- run
@@ -130,7 +130,7 @@ class Model:
             needed = {id(n) for node in wanted for n in _topological(node)}
         self._check_input(x)
         self._place()
-        x = F.asarray(x) if backend.current_backend() != "numpy" else x
+        x = F.asarray(x)
         values = {id(self.input): x}
         fused = self._relu_fusions() if wanted is None else {}  # intermediate outputs asked for: run unfused
         deferred = {id(p) for c, p in fused.values() if isinstance(p.layer, ReLU) and isinstance(c.layer, MaxPool2D)}
@@ -270,7 +270,7 @@ class Model:
                     problems.append(f"{k}: expected dtype {self.dtype}, got {np.dtype(got.dtype)}")
         if problems:
             raise ValueError("load_state_dict: " + "; ".join(problems))
-        to_backend = backend.get_op("asarray", self._on)
+        to_backend = backend.get_backend(self._on).asarray
         for key, layer, store, k, _ in entries:
             getattr(layer, store)[k] = to_backend(np.array(state[key]))
 

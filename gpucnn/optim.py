@@ -25,10 +25,9 @@ class Optimizer:
         """
         here = backend.current_backend()
         if self._on not in (None, here):
-            move_out = backend.get_op("to_numpy", self._on)
             for st in self.state.values():
                 for k in st:
-                    st[k] = F.asarray(move_out(st[k]))
+                    st[k] = backend.move(st[k], self._on, here)
         self._on = here
         new = {key for key in params if key not in self.state}
         for key in new:

@@ -157,14 +157,6 @@ def check_indices(indices, out_shape: tuple, plane_size: int) -> None:
                          f"got values from {indices.min()} to {indices.max()}")
 
 
-def _to_host(a) -> np.ndarray:
-    if hasattr(a, "get"):  # CuPy
-        return a.get()
-    if hasattr(a, "copy_to_host"):  # Numba device array
-        return a.copy_to_host()
-    return np.asarray(a)
-
-
 # --------------------------------------------------------------------------- op checks
 
 def check_conv2d(x, w, b, stride, padding):

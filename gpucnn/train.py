@@ -109,10 +109,11 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_s
     rng = np.random.default_rng(seed)
     captured = None
     if cuda_graph:
-        from .backends.cupy.graph import CapturedStep
+        from .capture import CapturedStep
         captured = CapturedStep(model, batch_size)
     # a device backend with a pinned, double-buffered batch feeder gets its batches through it
-    feeder = backend.get_op("batch_feeder")(x, y, batch_size) if backend.has_op("batch_feeder") else None
+    make_feeder = backend.get_backend().batch_feeder
+    feeder = make_feeder(x, y, batch_size) if make_feeder is not None else None
     F.clear_label_errors()
     live = verbose == 1 and _live_bar()
     for epoch in range(epochs):

@@ -1,7 +1,7 @@
 // common.cuh: what every gpucnn kernel file shares.
 //
 // Compiled three ways: by NVRTC through cupy.RawModule on a GPU machine, by nvcc in the tests
-// (sm_80 and sm_90, spill check), and as host C++ by g++ with gpucnn/backends/cupy/hostemu.h
+// (sm_80 and sm_90, spill check), and as host C++ by g++ with kernels/hostemu.h
 // force-included (GPUCNN_HOSTEMU defined) so the kernels run on a CPU in CI. Keep to the CUDA C
 // subset hostemu.h provides; no headers beyond this one (NVRTC finds no system headers).
 #pragma once

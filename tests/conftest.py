@@ -3,7 +3,7 @@
 Without a GPU, Numba's CUDA simulator runs the numba backend's kernels on the
 CPU: NUMBA_ENABLE_CUDASIM=1 is set here, before anything imports numba. The
 CuPy backend's CUDA C runs on the CPU too: GPUCNN_CUPY_EMULATE=1 makes it
-compile kernels/*.cu with g++ against gpucnn/backends/cupy/hostemu.h. Tests
+compile kernels/*.cu with g++ against kernels/hostemu.h. Tests
 marked `gpu` need a real GPU and are skipped, saying why, without one.
 """
 import os

@@ -1,7 +1,7 @@
 """Shared by the CuPy-backend tests: skip when the backend cannot run, poison outputs, compare to NumPy.
 
 Without a GPU the backend runs emulated (tests/conftest.py sets GPUCNN_CUPY_EMULATE=1): the very same
-kernels/*.cu compiled for the CPU by g++ through gpucnn/backends/cupy/hostemu.h, with emucupy's device arrays
+kernels/*.cu compiled for the CPU by g++ through kernels/hostemu.h, with emucupy's device arrays
 (NumPy memory that refuses implicit host conversion, as cupy.ndarray does).
 On a GPU machine the same tests run the kernels on the GPU through CuPy.
 """

@@ -44,7 +44,7 @@ def rand(rng, *shape, dtype=np.float32, scale=1.0):
 
 def dev(a):
     """A host array copied to the device by the numba backend's asarray."""
-    return backend.get_op("asarray", "numba")(a)
+    return backend.get_backend("numba").asarray(a)
 
 
 # --------------------------------------------------------------------------- linear

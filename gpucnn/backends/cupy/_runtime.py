@@ -444,3 +444,22 @@ class Graph:
 def new_stream():
     """A non-blocking stream (not ordered with the legacy default stream)."""
     return xp.Stream(non_blocking=True) if EMULATED else xp.cuda.Stream(non_blocking=True)
+
+
+def synchronize() -> None:
+    """Wait for the device (emulated: refused inside a capture, as CUDA does)."""
+    if EMULATED:
+        xp.synchronize()
+    else:  # pragma: no cover - needs a GPU
+        xp.cuda.Device().synchronize()
+
+
+def copy_into(dst, src) -> None:
+    """Copy a batch (a host array: uploaded; a device array: a device copy) into a fixed input buffer.
+    Only widening conversions (int32 labels into int64), never a silent narrowing."""
+    if not np.can_cast(src.dtype, dst.dtype, "safe"):
+        raise TypeError(f"an input buffer of dtype {dst.dtype} cannot take an array of dtype {src.dtype}")
+    if isinstance(src, np.ndarray):
+        dst.set(np.ascontiguousarray(src.reshape(dst.shape), dst.dtype))
+    else:
+        dst[...] = src.reshape(dst.shape)

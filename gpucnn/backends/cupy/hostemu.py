@@ -29,7 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-HEADER = Path(__file__).with_name("hostemu.h")
+def header() -> Path:
+    """hostemu.h, beside the kernels it runs: kernels/hostemu.h."""
+    from ._runtime import kernels_dir
+    return kernels_dir() / "hostemu.h"
 CANARY = np.uint32(0x7FA1B2C3)  # a NaN pattern no kernel writes by accident
 MARGIN = 64  # elements on each side
 
@@ -48,7 +51,7 @@ def _cache_dir() -> Path:
 
 
 def _sources(source: Path) -> list[Path]:
-    return [HEADER, source, *sorted(source.parent.glob("*.cuh"))]
+    return [header(), source, *sorted(source.parent.glob("*.cuh"))]
 
 
 class Module:
@@ -81,7 +84,7 @@ class Module:
                 cpp = Path(tmp) / "entry.cpp"
                 cpp.write_text(code)
                 out = Path(tmp) / lib.name
-                cmd = [cxx, *self.FLAGS, "-include", str(HEADER), f"-I{self.source.parent}", str(cpp), "-o", str(out)]
+                cmd = [cxx, *self.FLAGS, "-include", str(header()), f"-I{self.source.parent}", str(cpp), "-o", str(out)]
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 if r.returncode:
                     raise EmulationError(f"g++ could not build {self.source.name} for the CPU:\n{r.stderr[-6000:]}")

@@ -110,7 +110,8 @@ def label_errors(reset=True):
     return None if launch < 0 else (launch, row, label, classes)
 
 
-def accumulate_stats(logits, labels, loss, loss_sum, correct):
+@register("accumulate_loss_stats", B)
+def accumulate_loss_stats(logits, labels, loss, loss_sum, correct):
     """loss_sum += loss * rows, correct += rows predicted right: on the device (no host round trip)."""
     n, c = (int(s) for s in logits.shape)
     K.launch(f"xent_stats<{rt.c_type(labels.dtype)}>", (1,), (rt.THREADS,),

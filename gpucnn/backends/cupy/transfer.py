@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...backend import register
 from . import _runtime as rt
 
 
@@ -73,12 +72,6 @@ class BatchFeeder:
             compute.wait_event(slot.copied)
             yield slot.dev_x[:n], slot.dev_y[:n], slot.host_y[:n]
             slot.consumed = compute.record()  # the step on this batch has been enqueued after this point
-
-
-@register("batch_feeder", "cupy")
-def batch_feeder(x, y, batch_size) -> BatchFeeder:
-    """fit's way to the device: see BatchFeeder."""
-    return BatchFeeder(x, y, batch_size)
 
 
 def _current_stream():

@@ -714,8 +714,8 @@ def test_unknown_op():
 
 
 def test_get_op_returns_registered_numpy_function():
-    from gpucnn.backends.numpy import ops
-    assert backend.get_op("conv2d", "numpy") is ops.conv2d
+    from gpucnn.backends.numpy import conv
+    assert backend.get_op("conv2d", "numpy") is conv.conv2d
 
 
 def test_use_backend_context_manager_restores(monkeypatch):

@@ -24,7 +24,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     priority = 2
     device = "cpu"
-    families = ("ops",)
+    families = ("conv", "pool", "elementwise", "dense", "softmax", "norm", "optim")
 
     def asarray(self, a):
         return np.ascontiguousarray(to_host(a))

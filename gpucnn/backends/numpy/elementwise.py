@@ -1,0 +1,66 @@
+"""NumPy elementwise and data-movement ops: relu, add, concat, nearest upsampling, dropout (+ backwards)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...backend import register
+
+B = "numpy"
+
+
+# --------------------------------------------------------------------------- elementwise
+
+@register("relu", B)
+def relu(x):
+    return np.maximum(x, 0)
+
+
+@register("relu_backward", B)
+def relu_backward(dy, x):
+    return dy * (x > 0)
+
+
+@register("upsample_nearest2d", B)
+def upsample_nearest2d(x, scale):
+    n, c, h, w = x.shape
+    sh, sw = scale
+    out = np.empty((n, c, h, sh, w, sw), x.dtype)
+    out[...] = x[:, :, :, None, :, None]
+    return out.reshape(n, c, h * sh, w * sw)
+
+
+@register("upsample_nearest2d_backward", B)
+def upsample_nearest2d_backward(dy, scale):
+    n, c, hh, ww = dy.shape
+    sh, sw = scale
+    return dy.reshape(n, c, hh // sh, sh, ww // sw, sw).sum(axis=(3, 5))
+
+
+@register("add", B)
+def add(a, b):
+    return a + b
+
+
+@register("concat", B)
+def concat(xs):
+    return np.concatenate(xs, axis=1)
+
+
+@register("concat_backward", B)
+def concat_backward(dy, channels):
+    return [part.copy() for part in np.split(dy, np.cumsum(channels)[:-1], axis=1)]
+
+
+
+# --------------------------------------------------------------------------- dropout
+
+@register("dropout", B)
+def dropout(x, p, seed):
+    keep = np.random.default_rng(seed).random(x.shape, dtype=x.dtype) >= p
+    mask = keep.astype(x.dtype) / x.dtype.type(1 - p)
+    return x * mask, mask
+
+
+@register("dropout_backward", B)
+def dropout_backward(dy, mask):
+    return dy * mask

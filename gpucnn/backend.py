@@ -57,6 +57,8 @@ class Backend:
     families: tuple[str, ...] = ()  # op-family modules of its package, imported by load()
     capture = None     # the capture primitive (see backends/cupy), where the backend has one
     batch_feeder = None  # (x, y, batch_size) -> a feeder with .epoch(order), where the backend has one
+    tf32_ops: tuple[str, ...] = ()  # ops whose math follows gpucnn.config.allow_tf32 (TF32 tensor cores)
+    simulator = "a simulator"  # what runs its kernels on the CPU when `simulated`, in words
 
     # -- can it run here
     def probe(self) -> str | None:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from gpucnn import bench, models
+from gpucnn.backend import get_backend
 from gpucnn.bench import CPU_CLOCK, GPU_CLOCK, Case, GpuFigureError
 
 
@@ -124,8 +125,22 @@ def test_simulated_backend_is_never_timed(monkeypatch):
     names, skipped = bench.plan_backends(["numpy", "numba"])
     assert names == ["numpy"]
     assert skipped[0]["backend"] == "numba"
+    assert get_backend("numba").simulator in skipped[0]["reason"]   # the backend describes its own simulator
     with pytest.raises(ValueError, match="simulator"):
         bench.timer_for_backend("numba")
+
+
+def test_the_tf32_flag_comes_from_the_backend(monkeypatch):
+    """A row is TF32 when config.allow_tf32 is set and the backend says the op follows it (Backend.tf32_ops)."""
+    from gpucnn import config
+    monkeypatch.setattr(get_backend("numpy"), "tf32_ops", ("relu",))
+    kw = dict(backends=["numpy"], ops=["relu", "relu_backward"], models=["mnist_cnn"], batches=(1,), warmup=0,
+              min_repeats=1, max_repeats=1, min_time_s=0, step=False, reference=False, ceilings_small=True,
+              rotate_bytes=1 << 16, progress=False, command="test")
+    with config.tf32(True):
+        doc = bench.run(**kw)
+    assert {(r["op"], r["tf32"]) for r in doc["cases"]} == {("relu", True), ("relu_backward", False)}
+    assert all(r["pct_peak_flops"] is None for r in doc["cases"] if r["tf32"])   # no TF32 ceiling on a CPU
 
 
 # --------------------------------------------------------------------------- a tiny real run: schema, files, tables

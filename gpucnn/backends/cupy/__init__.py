@@ -61,6 +61,8 @@ class CupyBackend(Backend):
     device = "gpu"
     families = ("conv", "pool", "elementwise", "dense", "softmax", "norm", "optim")
     capture = Capture()
+    tf32_ops = ("conv2d", "conv2d_backward")  # kernels/conv.cu's TF32 template argument
+    simulator = "CPU emulation of its CUDA C (GPUCNN_CUPY_EMULATE=1)"
 
     @property
     def simulated(self) -> bool:

@@ -38,6 +38,7 @@ class NumbaBackend(Backend):
     priority = 1
     device = "gpu"
     families = ("conv", "pool", "elementwise", "dense", "norm", "optim")
+    simulator = "Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
 
     @property
     def simulated(self) -> bool:

@@ -1,4 +1,4 @@
-"""Output sizes and input checks: the one source of truth for every backend.
+"""Output sizes, input checks and launch-independent geometry: the one source of truth for every backend.
 
 `gpucnn.functional` calls these checks once, before any backend runs, so a
 kernel never sees an argument it was not written for. Each check raises
@@ -60,6 +60,28 @@ def conv_padding(padding, kernel_hw: tuple[int, int], stride_hw: tuple[int, int]
     if ph < 0 or pw < 0:
         raise ValueError(f"padding must be non-negative, got {padding!r}")
     return ph, ph, pw, pw
+
+
+# --------------------------------------------------------------------------- launch-independent geometry
+#
+# How a kernel family sees its arrays, the same on every backend (the launch grid itself is each
+# backend's own).
+
+def softmax_rows(shape, dim: int) -> tuple[int, int, int]:
+    """(rows, D, inner): a contiguous array of `shape` seen as (outer, D, inner) along `dim` (resolved to
+    [0, ndim)): rows = outer * inner softmax rows of D elements each, `inner` apart (0 rows when D is 0)."""
+    d = int(shape[dim])
+    inner = int(np.prod(shape[dim + 1:], dtype=np.int64))
+    rows = int(np.prod(shape, dtype=np.int64)) // d if d else 0
+    return rows, d, inner
+
+
+def pool_geometry(x_shape, out_shape, kernel, stride) -> tuple[int, ...]:
+    """(planes, H, W, P, Q, kh, kw, sh, sw) as Python ints: a pooling of an (N, C, H, W) input into
+    (N, C, P, Q) seen as planes = N*C independent (H, W) -> (P, Q) planes."""
+    n, c, h, w = (int(s) for s in x_shape)
+    return (n * c, h, w, int(out_shape[2]), int(out_shape[3]), int(kernel[0]), int(kernel[1]),
+            int(stride[0]), int(stride[1]))
 
 
 # --------------------------------------------------------------------------- arrays

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import shapes
 from ...backend import register
 from . import _runtime as rt
 
@@ -19,8 +20,7 @@ K = rt.Family("pool", ["max_pool_fwd<false>", "max_pool_fwd<true>", "max_pool_bw
 
 def _geometry(x_shape, out_shape, kernel, stride):
     """The kernels' integer arguments: planes, H, W, P, Q, kh, kw, sh, sw."""
-    n, c, h, w = x_shape
-    return tuple(rt.i32(v) for v in (n * c, h, w, out_shape[2], out_shape[3], *kernel, *stride))
+    return tuple(rt.i32(v) for v in shapes.pool_geometry(x_shape, out_shape, kernel, stride))
 
 
 def _max_pool(op, x, kernel, stride, out_shape, relu):

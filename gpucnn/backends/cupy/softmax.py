@@ -1,13 +1,14 @@
 """Launchers for kernels/softmax.cu: softmax, log_softmax, softmax_backward, fused softmax cross-entropy.
 
 `dim` arrives resolved to [0, ndim) by gpucnn.functional; the array is seen as (outer, D, inner)
-(`_rows`). inner == 1 runs the warp-per-row kernels (a grid of 32 threads per row), inner > 1 the
-thread-per-row strided ones.
+(`gpucnn.shapes.softmax_rows`). inner == 1 runs the warp-per-row kernels (a grid of 32 threads per
+row), inner > 1 the thread-per-row strided ones.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ... import shapes
 from ...backend import register
 from . import _runtime as rt
 
@@ -19,17 +20,9 @@ K = rt.Family("softmax", ["softmax_rows<false>", "softmax_rows<true>", "softmax_
 WARP = 32
 
 
-def _rows(shape, dim):
-    """(rows, D, inner): rows = outer * inner softmax rows of D elements, `inner` apart."""
-    d = int(shape[dim])
-    inner = int(np.prod(shape[dim + 1:], dtype=np.int64))
-    rows = int(np.prod(shape, dtype=np.int64)) // d if d else 0
-    return rows, d, inner
-
-
 def _launch(kind, arrays, shape, dim):
     """One softmax-family kernel over every row: warp per row when rows are contiguous, else thread per row."""
-    rows, d, inner = _rows(shape, dim)
+    rows, d, inner = shapes.softmax_rows(shape, dim)
     if not rows:
         return
     if inner == 1:

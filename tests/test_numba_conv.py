@@ -177,7 +177,7 @@ def test_through_functional_with_use_backend():
 @pytest.mark.parametrize("case", list(CASES))
 def test_tiled_geometry_fits_shared_tiles(case):
     x, w, _, stride, _, out_shape = _inputs(case)
-    grid, block, k_groups, rt, st = conv._geometry_fwd_tiled(out_shape, w.shape, stride)
+    grid, block, k_groups, rt, st = conv._geometry_fwd(out_shape, w.shape, stride)
     tw, th, tk = block
     n, k, p, q = out_shape
     assert 1 <= tw <= conv.TILE_Q and 1 <= th <= conv.TILE_P and 1 <= tk <= conv.TILE_K

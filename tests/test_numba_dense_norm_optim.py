@@ -253,8 +253,8 @@ def test_functional_api_on_numba():
 
 # --------------------------------------------------------------------------- the GPU geometry in the simulator
 
-# The simulator runs the dense kernels with dense.SIM_TILE (8) and batch norm with 64-thread blocks, a GPU
-# with dense.GPU_TILE (16) and dense.GPU_REDUCE_THREADS (256). These tests run the GPU geometry in the
+# The simulator runs the dense kernels with _common.SIM_TILE (8) and batch norm with 64-thread blocks, a GPU
+# with _common.GPU_TILE (16) and _common.GPU_REDUCE_THREADS (256). These tests run the GPU geometry in the
 # simulator on small shapes that are not multiples of the tile and span several tiles (about a thousand
 # simulated threads per launch at most), and check from the recorded launches that it was the one used.
 
@@ -278,25 +278,21 @@ class _LaunchSpy:
 
 @pytest.fixture
 def gpu_geometry(monkeypatch):
-    """dense.TILE = GPU_TILE for the test; returns the list of launches made through `_kernel`."""
-    from gpucnn.backends.numba import dense
-
+    """_common.TILE = GPU_TILE for the test; returns the list of launches made through `specialize`."""
     log = []
-    real = dense._kernel
+    real = _common.specialize
 
     def spy(cache, factory, dtype, *params):
         return _LaunchSpy(real(cache, factory, dtype, *params), factory.__name__, log)
 
-    monkeypatch.setattr(dense, "TILE", dense.GPU_TILE)
-    monkeypatch.setattr(dense, "_kernel", spy)
+    monkeypatch.setattr(_common, "TILE", _common.GPU_TILE)
+    monkeypatch.setattr(_common, "specialize", spy)
     return log
 
 
 def test_linear_gpu_tile_in_the_simulator(gpu_geometry):
-    from gpucnn.backends.numba import dense
-
-    t = dense.GPU_TILE
-    assert t != dense.SIM_TILE and t == 16
+    t = _common.GPU_TILE
+    assert t != _common.SIM_TILE and t == 16
     n, i, o = 5, 20, 18  # none a multiple of 16; out (o) and depth (i) span two tiles
     rng = np.random.default_rng(21)
     x, w, b, dy = rand(rng, n, i), rand(rng, o, i), rand(rng, o), rand(rng, n, o)
@@ -307,16 +303,14 @@ def test_linear_gpu_tile_in_the_simulator(gpu_geometry):
         check(got, want, name=name)
     launches = [(f, c["tile"], g, blk) for f, c, g, blk in gpu_geometry]
     assert launches == [
-        ("_make_matmul", t, (2, 1, 1), (t, t, 1)),  # y (5, 18), depth 20
-        ("_make_matmul", t, (2, 1, 1), (t, t, 1)),  # dx (5, 20), depth 18
-        ("_make_matmul", t, (2, 2, 1), (t, t, 1)),  # dw (18, 20), depth 5
-        ("_make_col_sum", t, (2, 1, 1), (t, dense.SUM_LANES, 1)),  # db (18,)
+        ("make_matmul", t, (2, 1, 1), (t, t, 1)),  # y (5, 18), depth 20
+        ("make_matmul", t, (2, 1, 1), (t, t, 1)),  # dx (5, 20), depth 18
+        ("make_matmul", t, (2, 2, 1), (t, t, 1)),  # dw (18, 20), depth 5
+        ("make_col_sum", t, (2, 1, 1), (t, _common.SUM_LANES, 1)),  # db (18,)
     ], launches
 
 
 def test_softmax_cross_entropy_gpu_tile_in_the_simulator(gpu_geometry):
-    from gpucnn.backends.numba import dense
-
     n, classes = 19, 7  # the batch mean: one 16-column block whose lanes stride over 19 rows
     rng = np.random.default_rng(22)
     logits, labels = rand(rng, n, classes, scale=3.0), rng.integers(0, classes, n)
@@ -324,24 +318,24 @@ def test_softmax_cross_entropy_gpu_tile_in_the_simulator(gpu_geometry):
     (loss, d), (want_loss, want_d) = nb(logits, labels), ref(logits, labels)
     check(loss, want_loss, name="loss")
     check(d, want_d, name="dlogits")
-    t = dense.GPU_TILE
+    t = _common.GPU_TILE
     assert [(f, c["tile"], g, blk) for f, c, g, blk in gpu_geometry] == [
-        ("_make_col_sum", t, (1, 1, 1), (t, dense.SUM_LANES, 1))]
+        ("make_col_sum", t, (1, 1, 1), (t, _common.SUM_LANES, 1))]
 
 
 def test_batch_norm_gpu_threads_in_the_simulator(monkeypatch):
     """Batch norm's per-channel reductions with 256-thread blocks. norm.py imports REDUCE_THREADS by value
     and its kernels read it as a global: the simulator reads globals at run time, so patching both modules
     selects the GPU block here (on a GPU it is already the value compiled in)."""
-    from gpucnn.backends.numba import dense, norm
+    from gpucnn.backends.numba import norm
 
-    threads = dense.GPU_REDUCE_THREADS
+    threads = _common.GPU_REDUCE_THREADS
     assert threads != 64
-    monkeypatch.setattr(dense, "REDUCE_THREADS", threads)
+    monkeypatch.setattr(_common, "REDUCE_THREADS", threads)
     monkeypatch.setattr(norm, "REDUCE_THREADS", threads)
     log = []
-    real = norm._kernel
-    monkeypatch.setattr(norm, "_kernel",
+    real = _common.specialize
+    monkeypatch.setattr(_common, "specialize",
                         lambda cache, factory, dtype: _LaunchSpy(real(cache, factory, dtype), factory.__name__, log))
     shape = (5, 2, 7, 8)  # 280 values per channel: threads stride past 256, unevenly
     rng = np.random.default_rng(23)
@@ -360,7 +354,7 @@ def test_batch_norm_gpu_threads_in_the_simulator(monkeypatch):
                           ("dx", "dweight", "dbias")):
         check(g, e, atol=1e-5, name=name)
     assert [(f, g, blk) for f, _, g, blk in log] == [
-        ("_make_bn_stats", (2, 1, 1), (threads, 1, 1)), ("_make_bn_backward_reduce", (2, 1, 1), (threads, 1, 1))]
+        ("make_bn_fwd_stats", (2, 1, 1), (threads, 1, 1)), ("make_bn_bwd_reduce", (2, 1, 1), (threads, 1, 1))]
 
 
 # --------------------------------------------------------------------------- float32 discipline
@@ -379,28 +373,28 @@ try:
 except (ImportError, AttributeError) as e:
     print("SKIP: numba.cuda.compiler.compile_cuda is not available:", e); sys.exit(0)
 disp.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(8, 0))  # device functions ask
-from gpucnn.backends.numba import dense, norm, optim
+from gpucnn.backends.numba import _common, dense, softmax, norm, optim
 
 bad = []
 for fl, nbt in ((T.float32, numba.float32), (T.float64, numba.float64)):
     b, i = T.boolean, T.int64
     A1, A2 = T.Array(fl, 1, "C"), T.Array(fl, 2, "C")
     cases = {
-        "matmul": (dense._make_matmul(nbt), (A2, A2, A1, A2, b, b, b, fl)),
-        "col_sum": (dense._make_col_sum(nbt), (A2, A1, fl, fl)),
-        "softmax_rows": (dense._softmax_rows, (A1, A1, i, i, b, fl)),
-        "softmax_backward_rows": (dense._softmax_backward_rows, (A1, A1, A1, i, i, fl)),
-        "cross_entropy_rows int64": (dense._cross_entropy_rows, (A2, T.Array(T.int64, 1, "C"), A2, A2,
-                                                                 T.Array(T.int32, 1, "C"), fl, fl, fl)),
-        "cross_entropy_rows int32": (dense._cross_entropy_rows, (A2, T.Array(T.int32, 1, "C"), A2, A2,
-                                                                 T.Array(T.int32, 1, "C"), fl, fl, fl)),
-        "bn_stats": (norm._make_bn_stats(nbt), (A1, i, i) + (fl,) * 5 + (b, b) + (A1,) * 4 + (fl, fl)),
-        "bn_eval_stats": (norm._bn_eval_stats, (A1, A1, fl, fl, A1, A1)),
-        "bn_apply": (norm._bn_apply, (A1,) * 5 + (b, b, i, i, A1)),
-        "bn_backward_reduce": (norm._make_bn_backward_reduce(nbt), (A1,) * 5 + (b, i, i, fl, fl, fl) + (A1,) * 4),
-        "bn_backward_dx": (norm._bn_backward_dx, (A1,) * 5 + (b, A1, A1, b, i, i, A1)),
-        "sgd": (optim._sgd, (A1, A1, A1) + (fl,) * 4 + (b,) * 4),
-        "adam": (optim._adam, (A1,) * 4 + (fl,) * 8 + (b,)),
+        "matmul": (dense.make_matmul(nbt), (A2, A2, A1, A2, b, b, b, fl)),
+        "col_sum": (_common.make_col_sum(nbt), (A2, A1, fl, fl)),
+        "softmax_rows": (softmax.softmax_rows, (A1, A1, i, i, b, fl)),
+        "softmax_bwd_rows": (softmax.softmax_bwd_rows, (A1, A1, A1, i, i, fl)),
+        "softmax_xent int64": (softmax.softmax_xent, (A2, T.Array(T.int64, 1, "C"), A2, A2,
+                                                      T.Array(T.int32, 1, "C"), fl, fl, fl)),
+        "softmax_xent int32": (softmax.softmax_xent, (A2, T.Array(T.int32, 1, "C"), A2, A2,
+                                                      T.Array(T.int32, 1, "C"), fl, fl, fl)),
+        "bn_fwd_stats": (norm.make_bn_fwd_stats(nbt), (A1, i, i) + (fl,) * 5 + (b, b) + (A1,) * 4 + (fl, fl)),
+        "bn_fwd_eval_stats": (norm.bn_fwd_eval_stats, (A1, A1, fl, fl, A1, A1)),
+        "bn_fwd_apply": (norm.bn_fwd_apply, (A1,) * 5 + (b, b, i, i, A1)),
+        "bn_bwd_reduce": (norm.make_bn_bwd_reduce(nbt), (A1,) * 5 + (b, i, i, fl, fl, fl) + (A1,) * 4),
+        "bn_bwd_dx": (norm.bn_bwd_dx, (A1,) * 5 + (b, A1, A1, b, i, i, A1)),
+        "sgd_update": (optim.sgd_update, (A1, A1, A1) + (fl,) * 4 + (b,) * 4),
+        "adam_update": (optim.adam_update, (A1,) * 4 + (fl,) * 8 + (b,)),
     }
     for name, (kernel, sig) in cases.items():
         cres = compiler.compile_cuda(getattr(kernel, "py_func", kernel), T.void, sig, cc=(8, 0))

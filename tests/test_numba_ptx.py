@@ -1,8 +1,8 @@
 """Every Numba kernel compiled to real PTX (float32), checked for double precision.
 
 tests/test_numba_dense_norm_optim.py checks the dense/norm/optim kernels at Numba's typing and
-LLVM-IR level; this goes one step further, through NVVM to PTX, for the kernels of all six modules
-(elementwise, pool, conv, dense, norm, optim, plus _common's fill kernels): any `.f64` instruction
+LLVM-IR level; this goes one step further, through NVVM to PTX, for the kernels of all seven modules
+(elementwise, pool, conv, dense, softmax, norm, optim, plus _common's fill and col_sum kernels): any `.f64` instruction
 or `%fd` register in a float32 kernel's PTX fails the test, naming the kernel and its first
 offending lines. No GPU is needed: `numba.cuda.compile_ptx` only needs NVVM/NVRTC (e.g. the PyPI
 wheel nvidia-cuda-nvrtc); without them the test is skipped, saying what is missing.
@@ -12,7 +12,7 @@ less the driver's PTX -> SASS step): run with `pytest -s` to see them.
 
 The compilation runs in a subprocess without NUMBA_ENABLE_CUDASIM: under the simulator (which
 tests/conftest.py enables without a GPU) numba.cuda has no compiler. Module constants that depend
-on the simulator (dense.TILE, dense.REDUCE_THREADS) thus take their GPU values there, as on a GPU.
+on the simulator (_common.TILE, _common.REDUCE_THREADS) thus take their GPU values there, as on a GPU.
 A self-check first compiles a tiny kernel with a float64 literal (`* 1.0`) and a float32 twin, so
 the detector is known to flag double precision and to pass clean code.
 """
@@ -98,7 +98,7 @@ except Exception as e:
 selfcheck = {"planted_f64_lines": len(f64_lines(planted)), "clean_f64_lines": len(f64_lines(compile_ptx(_clean, (A1, A1))))}
 
 # ---- every kernel, float32, with the argument types its launcher passes
-from gpucnn.backends.numba import _common, elementwise as ew, pool, conv, dense, norm, optim
+from gpucnn.backends.numba import _common, elementwise as ew, pool, conv, dense, softmax, norm, optim
 
 f32, i64, u64, b = T.float32, T.int64, T.uint64, T.boolean
 A2, A3, A4 = (T.Array(f32, n, "C") for n in (2, 3, 4))
@@ -110,39 +110,39 @@ KERNELS = [
     # module, name, kernel, argument types
     ("_common", "fill_nan", _common.fill_nan, (A1,)),
     ("_common", "fill_zero", _common.fill_zero, (A1,)),
-    ("elementwise", "relu_kernel", ew.relu_kernel, (A1, A1)),
-    ("elementwise", "relu_backward_kernel", ew.relu_backward_kernel, (A1, A1, A1)),
-    ("elementwise", "add_kernel", ew.add_kernel, (A1, A1, A1)),
-    ("elementwise", "multiply_kernel", ew.multiply_kernel, (A1, A1, A1)),
-    ("elementwise", "upsample_nearest_kernel", ew.upsample_nearest_kernel, (A3, A3, i64, i64)),
-    ("elementwise", "upsample_nearest_backward_kernel", ew.upsample_nearest_backward_kernel, (A3, A3, i64, i64)),
-    ("elementwise", "copy_channels_kernel", ew.copy_channels_kernel, (A3, A3, i64)),
-    ("elementwise", "slice_channels_kernel", ew.slice_channels_kernel, (A3, A3, i64)),
-    ("elementwise", "seed_states_kernel", ew.seed_states_kernel, (STATES, u64)),
-    ("elementwise", "dropout_kernel", ew.dropout_kernel, (A1, STATES, u64, f32, A1, A1)),
-    ("pool", "max_pool_kernel", pool.max_pool_kernel, (A3, A3, I3) + (i64,) * 4),
-    ("pool", "max_pool_backward_kernel", pool.max_pool_backward_kernel, (A3, I3, A3) + (i64,) * 4),
-    ("pool", "avg_pool_kernel", pool.avg_pool_kernel, (A3, A3) + (i64,) * 4 + (f32,)),
-    ("pool", "avg_pool_backward_kernel", pool.avg_pool_backward_kernel, (A3, A3) + (i64,) * 4 + (f32,)),
+    ("_common", "col_sum", _common.make_col_sum(numba.float32), (A2, A1, f32, f32)),
+    ("elementwise", "relu_fwd", ew.relu_fwd, (A1, A1)),
+    ("elementwise", "relu_bwd", ew.relu_bwd, (A1, A1, A1)),
+    ("elementwise", "add_fwd", ew.add_fwd, (A1, A1, A1)),
+    ("elementwise", "mul_fwd", ew.mul_fwd, (A1, A1, A1)),
+    ("elementwise", "upsample_nearest_fwd", ew.upsample_nearest_fwd, (A3, A3, i64, i64)),
+    ("elementwise", "upsample_nearest_bwd", ew.upsample_nearest_bwd, (A3, A3, i64, i64)),
+    ("elementwise", "copy_channels", ew.copy_channels, (A3, A3, i64)),
+    ("elementwise", "slice_channels", ew.slice_channels, (A3, A3, i64)),
+    ("elementwise", "seed_states", ew.seed_states, (STATES, u64)),
+    ("elementwise", "dropout_fwd", ew.dropout_fwd, (A1, STATES, u64, f32, A1, A1)),
+    ("pool", "max_pool_fwd", pool.max_pool_fwd, (A3, A3, I3) + (i64,) * 4),
+    ("pool", "max_pool_bwd", pool.max_pool_bwd, (A3, I3, A3) + (i64,) * 4),
+    ("pool", "avg_pool_fwd", pool.avg_pool_fwd, (A3, A3) + (i64,) * 4 + (f32,)),
+    ("pool", "avg_pool_bwd", pool.avg_pool_bwd, (A3, A3) + (i64,) * 4 + (f32,)),
     ("conv", "conv2d_fwd_naive", conv.conv2d_fwd_naive, (A4, A4, A1, b, b, A4) + (i64,) * 4 + (f32,)),
-    ("conv", "conv2d_fwd_tiled", conv.conv2d_fwd_tiled(np.float32), (A4, A4, A1, b, b, A4) + (i64,) * 7 + (f32,)),
-    ("conv", "conv2d_bwd_data", conv.conv2d_bwd_data, (A4, A4, A4) + (i64,) * 4 + (f32,)),
-    ("conv", "conv2d_bwd_weight", conv.conv2d_bwd_weight(np.float32), (A4, A4, A4) + (i64,) * 4 + (f32,)),
-    ("conv", "conv2d_bwd_bias", conv.conv2d_bwd_bias(np.float32), (A4, A1, f32)),
-    ("dense", "matmul", dense._make_matmul(numba.float32), (A2, A2, A1, A2, b, b, b, f32)),
-    ("dense", "col_sum", dense._make_col_sum(numba.float32), (A2, A1, f32, f32)),
-    ("dense", "_softmax_rows", dense._softmax_rows, (A1, A1, i64, i64, b, f32)),
-    ("dense", "_softmax_backward_rows", dense._softmax_backward_rows, (A1, A1, A1, i64, i64, f32)),
-    ("dense", "_cross_entropy_rows[int64 labels]", dense._cross_entropy_rows, (A2, I1, A2, A2, I1_32, f32, f32, f32)),
-    ("dense", "_cross_entropy_rows[int32 labels]", dense._cross_entropy_rows, (A2, I1_32, A2, A2, I1_32, f32, f32, f32)),
-    ("dense", "_count_loss_launch", dense._count_loss_launch, (I1_32,)),
-    ("norm", "bn_stats", norm._make_bn_stats(numba.float32), (A1, i64, i64) + (f32,) * 5 + (b, b) + (A1,) * 4 + (f32, f32)),
-    ("norm", "_bn_eval_stats", norm._bn_eval_stats, (A1, A1, f32, f32, A1, A1)),
-    ("norm", "_bn_apply", norm._bn_apply, (A1,) * 5 + (b, b, i64, i64, A1)),
-    ("norm", "bn_backward_reduce", norm._make_bn_backward_reduce(numba.float32), (A1,) * 5 + (b, i64, i64, f32, f32, f32) + (A1,) * 4),
-    ("norm", "_bn_backward_dx", norm._bn_backward_dx, (A1,) * 5 + (b, A1, A1, b, i64, i64, A1)),
-    ("optim", "_sgd", optim._sgd, (A1, A1, A1) + (f32,) * 4 + (b,) * 4),
-    ("optim", "_adam", optim._adam, (A1,) * 4 + (f32,) * 8 + (b,)),
+    ("conv", "conv2d_fwd", conv.conv2d_fwd(np.float32), (A4, A4, A1, b, b, A4) + (i64,) * 7 + (f32,)),
+    ("conv", "conv2d_dgrad", conv.conv2d_dgrad, (A4, A4, A4) + (i64,) * 4 + (f32,)),
+    ("conv", "conv2d_wgrad", conv.conv2d_wgrad(np.float32), (A4, A4, A4) + (i64,) * 4 + (f32,)),
+    ("conv", "conv2d_bias_grad", conv.conv2d_bias_grad(np.float32), (A4, A1, f32)),
+    ("dense", "matmul", dense.make_matmul(numba.float32), (A2, A2, A1, A2, b, b, b, f32)),
+    ("softmax", "softmax_rows", softmax.softmax_rows, (A1, A1, i64, i64, b, f32)),
+    ("softmax", "softmax_bwd_rows", softmax.softmax_bwd_rows, (A1, A1, A1, i64, i64, f32)),
+    ("softmax", "softmax_xent[int64 labels]", softmax.softmax_xent, (A2, I1, A2, A2, I1_32, f32, f32, f32)),
+    ("softmax", "softmax_xent[int32 labels]", softmax.softmax_xent, (A2, I1_32, A2, A2, I1_32, f32, f32, f32)),
+    ("softmax", "xent_count_launch", softmax.xent_count_launch, (I1_32,)),
+    ("norm", "bn_fwd_stats", norm.make_bn_fwd_stats(numba.float32), (A1, i64, i64) + (f32,) * 5 + (b, b) + (A1,) * 4 + (f32, f32)),
+    ("norm", "bn_fwd_eval_stats", norm.bn_fwd_eval_stats, (A1, A1, f32, f32, A1, A1)),
+    ("norm", "bn_fwd_apply", norm.bn_fwd_apply, (A1,) * 5 + (b, b, i64, i64, A1)),
+    ("norm", "bn_bwd_reduce", norm.make_bn_bwd_reduce(numba.float32), (A1,) * 5 + (b, i64, i64, f32, f32, f32) + (A1,) * 4),
+    ("norm", "bn_bwd_dx", norm.bn_bwd_dx, (A1,) * 5 + (b, A1, A1, b, i64, i64, A1)),
+    ("optim", "sgd_update", optim.sgd_update, (A1, A1, A1) + (f32,) * 4 + (b,) * 4),
+    ("optim", "adam_update", optim.adam_update, (A1,) * 4 + (f32,) * 8 + (b,)),
 ]
 
 results, total = [], 0.0

@@ -37,7 +37,7 @@ class NumbaBackend(Backend):
     name = "numba"
     priority = 1
     device = "gpu"
-    families = ("conv", "pool", "elementwise", "dense", "norm", "optim")
+    families = ("conv", "pool", "elementwise", "dense", "softmax", "norm", "optim")
     simulator = "Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
 
     @property

@@ -6,11 +6,13 @@ right) zero padding, possibly asymmetric ('same' with an even kernel). The
 launchers take exactly the arguments of the NumPy backend's functions and
 return Numba device arrays of the input dtype.
 
-Kernels, numbered as in llm.c, each with its launch geometry in one function:
+Kernels, numbered as in llm.c, each with its launch geometry in one function (named as in
+kernels/conv.cu, whose conv2d_fwd, conv2d_dgrad, conv2d_wgrad and conv2d_bias_grad do the same jobs
+as implicit GEMMs):
 
   1. conv2d_fwd_naive   one thread per output element (grid-stride loop); kept
                         as the simple reference the tiled kernel is tested against.
-  2. conv2d_fwd_tiled   the default. A block computes a tile of output pixels
+  2. conv2d_fwd         the default. A block computes a tile of output pixels
                         (up to TILE_P x TILE_Q) for TILE_K output channels: one
                         thread per (pixel, channel). Input channels go in chunks
                         of TILE_C; for each chunk the block stages the input patch
@@ -20,15 +22,16 @@ Kernels, numbered as in llm.c, each with its launch geometry in one function:
                         memory. Kernels too large for the shared tiles are walked
                         in chunks of filter rows/columns. Epilogue: bias, then
                         ReLU when `relu` is set (conv2d_relu).
-  3. conv2d_bwd_data    dx as a gather, one thread per dx element: dx[n,c,h,w] =
+  3. conv2d_dgrad       dx as a gather, one thread per dx element: dx[n,c,h,w] =
                         sum over k, r, s of dy[n,k,p,q] * w[k,c,r,s] for the output
                         positions p = (h + top - r) / sh (and q likewise) that are
                         integral and in range. No atomics.
-  4. conv2d_bwd_weight  one block per (k, c); the threads stride over the N*P*Q
+  4. conv2d_wgrad       one block per (k, c); the threads stride over the N*P*Q
                         output positions accumulating every filter tap (r, s) of
                         a chunk of DW_TAPS taps, then one shared-memory tree
-                        reduction sums the partial products of all those taps.
-  5. conv2d_bwd_bias    one block per k, the same tree reduction over N*P*Q.
+                        reduction (`_common.tree_sum`) sums the partial products
+                        of all those taps.
+  5. conv2d_bias_grad   one block per k, the same tree reduction over N*P*Q.
 
 Float32 discipline: no float literal appears in a kernel. Accumulators start
 from `zero`, an argument of the array dtype (x.dtype.type(0)), so float32 stays
@@ -47,6 +50,7 @@ from numba import cuda
 
 from ...backend import register
 from . import _common
+from ._common import tree_sum
 
 B = "numba"
 
@@ -107,7 +111,7 @@ def _geometry_fwd_naive(out_shape):
 # --------------------------------------------------------------------------- 2. forward, tiled
 
 @functools.lru_cache(maxsize=None)
-def conv2d_fwd_tiled(dtype):
+def conv2d_fwd(dtype):
     """The tiled forward kernel for `dtype` (float32 or float64); compiled once per dtype.
 
     Block: (tw, th, tk) threads, thread (tx, ty, tz) owns output pixel
@@ -191,7 +195,7 @@ def conv2d_fwd_tiled(dtype):
     return kernel
 
 
-def _geometry_fwd_tiled(out_shape, w_shape, stride):
+def _geometry_fwd(out_shape, w_shape, stride):
     """(grid, block, k_groups, rt, st) for the tiled forward kernel.
 
     The pixel tile shrinks below TILE_P x TILE_Q only when a large stride would
@@ -233,9 +237,8 @@ def _forward(x, w, b, stride, pads, out_shape, relu, kernel="tiled"):
         grid, block = _geometry_fwd_naive(out_shape)
         conv2d_fwd_naive[grid, block](x, w, bias, has_bias, relu, out, sh, sw, pt, pl, zero)
     elif kernel == "tiled":
-        grid, block, k_groups, rt, st = _geometry_fwd_tiled(out_shape, w.shape, (sh, sw))
-        conv2d_fwd_tiled(dtype)[grid, block](x, w, bias, has_bias, relu, out, sh, sw, pt, pl,
-                                             k_groups, rt, st, zero)
+        grid, block, k_groups, rt, st = _geometry_fwd(out_shape, w.shape, (sh, sw))
+        conv2d_fwd(dtype)[grid, block](x, w, bias, has_bias, relu, out, sh, sw, pt, pl, k_groups, rt, st, zero)
     else:
         raise ValueError(f"unknown conv2d kernel {kernel!r}; choose 'naive' or 'tiled'")
     return out
@@ -263,7 +266,7 @@ def conv2d_relu(x, w, b, stride, pads, out_shape):
 # --------------------------------------------------------------------------- 3. backward, data (gather)
 
 @cuda.jit(cache=True)
-def conv2d_bwd_data(dy, w, dx, sh, sw, pt, pl, zero):
+def conv2d_dgrad(dy, w, dx, sh, sw, pt, pl, zero):
     """dx[n,c,h,wi] = sum over k, r, s with p = (h + pt - r) / sh and q = (wi + pl - s) / sw
     integral and inside the output, of dy[n,k,p,q] * w[k,c,r,s]."""
     n_, c_, h_, w_ = dx.shape
@@ -289,29 +292,14 @@ def conv2d_bwd_data(dy, w, dx, sh, sw, pt, pl, zero):
         dx[n, c, h, wi] = acc
 
 
-def _geometry_bwd_data(x_shape):
+def _geometry_dgrad(x_shape):
     return _common.grid_1d(int(np.prod(x_shape)))
 
 
 # --------------------------------------------------------------------------- 4, 5. backward, weight and bias
 
-@cuda.jit(device=True, cache=True)
-def _tree_reduce(buf, tid, nthreads, rows):
-    """Sum buf[t, 0:nthreads] into buf[t, 0] for every row t < rows, all rows at once: one barrier
-    per halving. nthreads is a power of two; every thread of the block must call this, after
-    writing its own column buf[:, tid]. Callers read buf[t, 0], then sync before reusing buf."""
-    cuda.syncthreads()
-    half = nthreads // 2
-    while half > 0:
-        if tid < half:
-            for t in range(rows):
-                buf[t, tid] += buf[t, tid + half]
-        cuda.syncthreads()
-        half //= 2
-
-
 @functools.lru_cache(maxsize=None)
-def conv2d_bwd_weight(dtype):
+def conv2d_wgrad(dtype):
     """Kernel 4 for `dtype`: block (k, c) = blockIdx.x computes dw[k, c, :, :], where
     dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*sh + r - pt, q*sw + s - pl] (zero in the padding).
 
@@ -350,7 +338,7 @@ def conv2d_bwd_weight(dtype):
                         wi = q * sw + s - pl
                         if h >= 0 and h < h_ and wi >= 0 and wi < w_:
                             buf[t, tid] += g * x[n, c, h, wi]
-            _tree_reduce(buf, tid, nthreads, tn)
+            tree_sum(buf, tid, nthreads, tn)
             if k < k_:
                 for t in range(tid, tn, nthreads):
                     dw[k, c, (t0 + t) // s_, (t0 + t) % s_] = buf[t, 0]
@@ -360,7 +348,7 @@ def conv2d_bwd_weight(dtype):
 
 
 @functools.lru_cache(maxsize=None)
-def conv2d_bwd_bias(dtype):
+def conv2d_bias_grad(dtype):
     """Kernel 5 for `dtype`: block k = blockIdx.x; db[k] = sum_{n,p,q} dy[n,k,p,q]."""
     nbtype = numba.from_dtype(np.dtype(dtype))
 
@@ -380,7 +368,7 @@ def conv2d_bwd_bias(dtype):
                 n = j // (q_ * p_)
                 acc += dy[n, k, p, q]
         buf[0, tid] = acc
-        _tree_reduce(buf, tid, nthreads, 1)
+        tree_sum(buf, tid, nthreads, 1)
         if tid == 0 and k < k_:
             db[k] = buf[0, 0]
 
@@ -396,12 +384,12 @@ def _reduction_threads(m):
     return t
 
 
-def _geometry_bwd_weight(dy_shape, w_shape):
+def _geometry_wgrad(dy_shape, w_shape):
     n, k, p, q = dy_shape
     return (w_shape[0] * w_shape[1],), (_reduction_threads(n * p * q),)
 
 
-def _geometry_bwd_bias(dy_shape):
+def _geometry_bias_grad(dy_shape):
     n, k, p, q = dy_shape
     return (k,), (_reduction_threads(n * p * q),)
 
@@ -417,16 +405,16 @@ def conv2d_backward(dy, x, w, stride, pads, input_grad=True, relu_mask=False):
     if input_grad:
         dx = _common.empty(x.shape, dtype)
         if dx.size:
-            grid, block = _geometry_bwd_data(x.shape)
-            conv2d_bwd_data[grid, block](dy, w, dx, sh, sw, pt, pl, zero)
+            grid, block = _geometry_dgrad(x.shape)
+            conv2d_dgrad[grid, block](dy, w, dx, sh, sw, pt, pl, zero)
     dw = _common.empty(w.shape, dtype)
     if dw.size:
-        grid, block = _geometry_bwd_weight(dy.shape, w.shape)
-        conv2d_bwd_weight(dtype)[grid, block](dy, x, dw, sh, sw, pt, pl, zero)
+        grid, block = _geometry_wgrad(dy.shape, w.shape)
+        conv2d_wgrad(dtype)[grid, block](dy, x, dw, sh, sw, pt, pl, zero)
     db = _common.empty((w.shape[0],), dtype)
     if db.size:
-        grid, block = _geometry_bwd_bias(dy.shape)
-        conv2d_bwd_bias(dtype)[grid, block](dy, db, zero)
+        grid, block = _geometry_bias_grad(dy.shape)
+        conv2d_bias_grad(dtype)[grid, block](dy, db, zero)
     if relu_mask and dx is not None:  # the ReLU that produced x: not fused here, one more elementwise pass
         from .elementwise import relu_backward
         dx = relu_backward(dx, x)

@@ -1,5 +1,11 @@
 """Elementwise and data-movement kernels: relu, add, nearest upsampling, concat, dropout.
 
+Kernels (kernels/elementwise.cu's names where they do the same job): `relu_fwd`, `relu_bwd`,
+`add_fwd`, `mul_fwd` (dropout's backward), `upsample_nearest_fwd`, `upsample_nearest_bwd`,
+`dropout_fwd` (with `seed_states`: its xoroshiro128+ states seeded on the device; elementwise.cu's
+dropout is a stateless counter-based hash instead), and concat's channel copies `copy_channels`
+and `slice_channels` (elementwise.cu's copy_rows does both).
+
 Every kernel runs one thread per output element with a grid-stride loop, the
 geometry coming from `_common.grid_1d` (computed once per launch, in the
 launcher). Arrays are viewed flat (1-D) or as (planes, H, W) with planes =
@@ -30,7 +36,7 @@ SPLITMIX_GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment (2**64 / golden ra
 # --------------------------------------------------------------------------- kernels
 
 @cuda.jit(cache=True)
-def relu_kernel(x, y):
+def relu_fwd(x, y):
     """y[i] = max(x[i], 0) for flat arrays; NaN passes through (as np.maximum)."""
     zero = y.dtype.type(0)
     start = cuda.grid(1)
@@ -43,7 +49,7 @@ def relu_kernel(x, y):
 
 
 @cuda.jit(cache=True)
-def relu_backward_kernel(dy, x, dx):
+def relu_bwd(dy, x, dx):
     """dx[i] = dy[i] where x[i] > 0, else 0 (x may be relu's input or its output)."""
     zero = dx.dtype.type(0)
     start = cuda.grid(1)
@@ -55,7 +61,7 @@ def relu_backward_kernel(dy, x, dx):
 
 
 @cuda.jit(cache=True)
-def add_kernel(a, b, c):
+def add_fwd(a, b, c):
     """c[i] = a[i] + b[i] for flat arrays of one size."""
     start = cuda.grid(1)
     for i in range(start, c.size, cuda.gridsize(1)):
@@ -63,7 +69,7 @@ def add_kernel(a, b, c):
 
 
 @cuda.jit(cache=True)
-def multiply_kernel(a, b, c):
+def mul_fwd(a, b, c):
     """c[i] = a[i] * b[i] for flat arrays of one size (dropout's backward: dy * mask)."""
     start = cuda.grid(1)
     for i in range(start, c.size, cuda.gridsize(1)):
@@ -71,7 +77,7 @@ def multiply_kernel(a, b, c):
 
 
 @cuda.jit(cache=True)
-def upsample_nearest_kernel(x, y, sh, sw):
+def upsample_nearest_fwd(x, y, sh, sw):
     """y (planes, H*sh, W*sw) from x (planes, H, W): y[p, i, j] = x[p, i // sh, j // sw].
 
     One thread per output element: the flat output index is split into (p, i, j).
@@ -86,7 +92,7 @@ def upsample_nearest_kernel(x, y, sh, sw):
 
 
 @cuda.jit(cache=True)
-def upsample_nearest_backward_kernel(dy, dx, sh, sw):
+def upsample_nearest_bwd(dy, dx, sh, sw):
     """dx (planes, H, W) from dy (planes, H*sh, W*sw): each dx element sums its sh x sw block of dy.
 
     One thread per dx element; the block is summed in row-major order.
@@ -105,7 +111,7 @@ def upsample_nearest_backward_kernel(dy, dx, sh, sw):
 
 
 @cuda.jit(cache=True)
-def copy_channels_kernel(src, dst, offset):
+def copy_channels(src, dst, offset):
     """dst[n, offset + c, k] = src[n, c, k]: one concat input (N, Cs, H*W) into the output (N, C, H*W)."""
     n_, cs, hw = src.shape
     start = cuda.grid(1)
@@ -117,7 +123,7 @@ def copy_channels_kernel(src, dst, offset):
 
 
 @cuda.jit(cache=True)
-def slice_channels_kernel(src, dst, offset):
+def slice_channels(src, dst, offset):
     """dst[n, c, k] = src[n, offset + c, k]: one piece (N, Cd, H*W) of concat's gradient (N, C, H*W)."""
     n_, cd, hw = dst.shape
     start = cuda.grid(1)
@@ -137,7 +143,7 @@ def splitmix64_mix(z):
 
 
 @cuda.jit(cache=True)
-def seed_states_kernel(states, seed):
+def seed_states(states, seed):
     """Seed one xoroshiro128+ state per thread of a launch, on the device.
 
     states[i] gets outputs 2i and 2i+1 of the SplitMix64 sequence started at
@@ -153,7 +159,7 @@ def seed_states_kernel(states, seed):
 
 
 @cuda.jit(cache=True)
-def dropout_kernel(x, states, threshold, scale, y, mask):
+def dropout_fwd(x, states, threshold, scale, y, mask):
     """Inverted dropout: mask[i] = scale (1/(1-p)) or 0, y[i] = x[i] * mask[i].
 
     Each element draws a uniform integer r in [0, 2**53) (the top 53 bits of a
@@ -174,8 +180,6 @@ def dropout_kernel(x, states, threshold, scale, y, mask):
 
 # --------------------------------------------------------------------------- launchers
 
-
-
 def _planes(a):
     """A contiguous (N, C, H, W) device array viewed as (N*C, H, W) (no copy)."""
     n, c, h, w = a.shape
@@ -186,7 +190,7 @@ def _planes(a):
 def relu(x):
     x = _common.device(x)
     y = _common.empty(x.shape, x.dtype)
-    relu_kernel[_common.grid_1d(y.size)](_common.flat(x), _common.flat(y))
+    relu_fwd[_common.grid_1d(y.size)](_common.flat(x), _common.flat(y))
     return y
 
 
@@ -200,12 +204,12 @@ def _binary(kernel, a, b):
 
 @register("relu_backward", B)
 def relu_backward(dy, x):
-    return _binary(relu_backward_kernel, dy, x)
+    return _binary(relu_bwd, dy, x)
 
 
 @register("add", B)
 def add(a, b):
-    return _binary(add_kernel, a, b)
+    return _binary(add_fwd, a, b)
 
 
 @register("upsample_nearest2d", B)
@@ -214,7 +218,7 @@ def upsample_nearest2d(x, scale):
     n, c, h, w = x.shape
     sh, sw = (int(s) for s in scale)
     y = _common.empty((n, c, h * sh, w * sw), x.dtype)
-    upsample_nearest_kernel[_common.grid_1d(y.size)](_planes(x), _planes(y), sh, sw)
+    upsample_nearest_fwd[_common.grid_1d(y.size)](_planes(x), _planes(y), sh, sw)
     return y
 
 
@@ -224,7 +228,7 @@ def upsample_nearest2d_backward(dy, scale):
     n, c, hh, ww = dy.shape
     sh, sw = (int(s) for s in scale)
     dx = _common.empty((n, c, hh // sh, ww // sw), dy.dtype)
-    upsample_nearest_backward_kernel[_common.grid_1d(dx.size)](_planes(dy), _planes(dx), sh, sw)
+    upsample_nearest_bwd[_common.grid_1d(dx.size)](_planes(dy), _planes(dx), sh, sw)
     return dx
 
 
@@ -238,7 +242,7 @@ def concat(xs):
     offset = 0
     for x in xs:
         cs = x.shape[1]
-        copy_channels_kernel[_common.grid_1d(x.size)](x.reshape(n, cs, h * w), y3, offset)
+        copy_channels[_common.grid_1d(x.size)](x.reshape(n, cs, h * w), y3, offset)
         offset += cs
     return y
 
@@ -251,7 +255,7 @@ def concat_backward(dy, channels):
     parts, offset = [], 0
     for cd in channels:
         part = _common.empty((n, int(cd), h, w), dy.dtype)
-        slice_channels_kernel[_common.grid_1d(part.size)](dy3, part.reshape(n, int(cd), h * w), offset)
+        slice_channels[_common.grid_1d(part.size)](dy3, part.reshape(n, int(cd), h * w), offset)
         parts.append(part)
         offset += int(cd)
     return parts
@@ -260,7 +264,7 @@ def concat_backward(dy, channels):
 @register("dropout", B)
 def dropout(x, p, seed):
     """(y, mask): mask 0 or 1/(1-p) in x's dtype, drawn from numba.cuda.random's xoroshiro128+
-    generator, one state per thread, seeded on the device from `seed` (seed_states_kernel).
+    generator, one state per thread, seeded on the device from `seed` (seed_states).
 
     The same seed and shape give the same mask; seed None draws one from np.random.
     (The mask is not the NumPy backend's: the generators differ.)
@@ -274,13 +278,13 @@ def dropout(x, p, seed):
     mask = _common.empty(x.shape, x.dtype)
     blocks, threads = _common.grid_1d(x.size)
     states = cuda.device_array(blocks * threads, dtype=xoroshiro128p_dtype)  # one per dropout thread
-    seed_states_kernel[_common.grid_1d(states.size)](states, np.uint64(seed))
+    seed_states[_common.grid_1d(states.size)](states, np.uint64(seed))
     scale = dt(1) / dt(1 - p)  # as the NumPy backend: 1 / (1 - p) in x's dtype
     threshold = np.uint64(math.ceil(p * 2**53))  # keep when a 53-bit draw r has r / 2**53 >= p
-    dropout_kernel[blocks, threads](_common.flat(x), states, threshold, scale, _common.flat(y), _common.flat(mask))
+    dropout_fwd[blocks, threads](_common.flat(x), states, threshold, scale, _common.flat(y), _common.flat(mask))
     return y, mask
 
 
 @register("dropout_backward", B)
 def dropout_backward(dy, mask):
-    return _binary(multiply_kernel, dy, mask)
+    return _binary(mul_fwd, dy, mask)

@@ -1,9 +1,12 @@
 """Pooling kernels: max pooling (with argmax indices) and average pooling, forward and backward.
 
-Arrays are (N, C, H, W) viewed as (planes, H, W) with planes = N*C; windows
-are kh x kw with stride (sh, sw), no padding, floor (the output P x Q comes
-resolved from gpucnn.functional). One thread per output element, grid-stride
-loop, geometry from `_common.grid_1d` computed once per launch.
+Kernels (kernels/pool.cu's names): `max_pool_fwd`, `max_pool_bwd`, `avg_pool_fwd`, `avg_pool_bwd`.
+
+Arrays are (N, C, H, W) viewed as (planes, H, W) with planes = N*C
+(`gpucnn.shapes.pool_geometry`, as the CuPy launchers); windows are kh x kw
+with stride (sh, sw), no padding, floor (the output P x Q comes resolved from
+gpucnn.functional). One thread per output element, grid-stride loop, geometry
+from `_common.grid_1d` computed once per launch.
 
 Max pooling records, per output, the flat index h*W+w of the first maximum of
 its window in row-major window order (PyTorch's rule, the NumPy backend's
@@ -22,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
+from ... import shapes
 from ...backend import register
 from . import _common
 
@@ -31,7 +35,7 @@ B = "numba"
 # --------------------------------------------------------------------------- kernels
 
 @cuda.jit(cache=True)
-def max_pool_kernel(x, y, idx, kh, kw, sh, sw):
+def max_pool_fwd(x, y, idx, kh, kw, sh, sw):
     """y[p, oh, ow] = max of the kh x kw window at (oh*sh, ow*sw) of x[p]; idx = its flat h*W+w.
 
     The window is scanned in row-major order and only a strictly larger value
@@ -61,7 +65,7 @@ def max_pool_kernel(x, y, idx, kh, kw, sh, sw):
 
 
 @cuda.jit(cache=True)
-def max_pool_backward_kernel(dy, idx, dx, kh, kw, sh, sw):
+def max_pool_bwd(dy, idx, dx, kh, kw, sh, sw):
     """dx[p, h, w] = sum of dy[p, oh, ow] over the windows containing (h, w) whose idx is h*W+w.
 
     Windows containing row h: oh from ceil((h - kh + 1) / sh) (at least 0) to
@@ -84,7 +88,7 @@ def max_pool_backward_kernel(dy, idx, dx, kh, kw, sh, sw):
 
 
 @cuda.jit(cache=True)
-def avg_pool_kernel(x, y, kh, kw, sh, sw, inv_area):
+def avg_pool_fwd(x, y, kh, kw, sh, sw, inv_area):
     """y[p, oh, ow] = (sum of the kh x kw window at (oh*sh, ow*sw) of x[p]) * inv_area.
 
     inv_area = 1/(kh*kw) in x's dtype, computed on the host.
@@ -105,7 +109,7 @@ def avg_pool_kernel(x, y, kh, kw, sh, sw, inv_area):
 
 
 @cuda.jit(cache=True)
-def avg_pool_backward_kernel(dy, dx, kh, kw, sh, sw, inv_area):
+def avg_pool_bwd(dy, dx, kh, kw, sh, sw, inv_area):
     """dx[p, h, w] = (sum of dy[p, oh, ow] over the windows containing (h, w)) * inv_area.
 
     Elements no window covers (the floor's leftover rows and columns) get 0.
@@ -126,12 +130,11 @@ def avg_pool_backward_kernel(dy, dx, kh, kw, sh, sw, inv_area):
 
 # --------------------------------------------------------------------------- launchers
 
-
-
-def _planes(a):
-    """A contiguous (N, C, H, W) device array viewed as (N*C, H, W) (no copy)."""
-    n, c, h, w = a.shape
-    return a.reshape(n * c, h, w)
+def _views(x_shape, out_shape, kernel, stride):
+    """(input plane shape, output plane shape, kernel arguments kh, kw, sh, sw): contiguous (N, C, H, W)
+    device arrays are reshaped (no copy) to (planes, H, W) and (planes, P, Q)."""
+    planes, h, w, p, q, *args = shapes.pool_geometry(x_shape, out_shape, kernel, stride)
+    return (planes, h, w), (planes, p, q), args
 
 
 def _inv_area(kernel, dtype):
@@ -145,7 +148,8 @@ def max_pool2d(x, kernel, stride, out_shape):
     x = _common.device(x)
     y = _common.empty(out_shape, x.dtype)
     idx = _common.empty(out_shape, np.int64)
-    max_pool_kernel[_common.grid_1d(y.size)](_planes(x), _planes(y), _planes(idx), *kernel, *stride)
+    xs, ys, args = _views(x.shape, out_shape, kernel, stride)
+    max_pool_fwd[_common.grid_1d(y.size)](x.reshape(xs), y.reshape(ys), idx.reshape(ys), *args)
     return y, idx
 
 
@@ -157,8 +161,8 @@ def max_pool2d_backward(dy, x, kernel, stride, indices):
     else:
         indices = _common.device(indices)
     dx = _common.empty(x.shape, x.dtype)
-    max_pool_backward_kernel[_common.grid_1d(dx.size)](_planes(dy), _planes(indices), _planes(dx),
-                                                       *kernel, *stride)
+    xs, ys, args = _views(x.shape, dy.shape, kernel, stride)
+    max_pool_bwd[_common.grid_1d(dx.size)](dy.reshape(ys), indices.reshape(ys), dx.reshape(xs), *args)
     return dx
 
 
@@ -166,8 +170,8 @@ def max_pool2d_backward(dy, x, kernel, stride, indices):
 def avg_pool2d(x, kernel, stride, out_shape):
     x = _common.device(x)
     y = _common.empty(out_shape, x.dtype)
-    avg_pool_kernel[_common.grid_1d(y.size)](_planes(x), _planes(y), *kernel, *stride,
-                                             _inv_area(kernel, x.dtype))
+    xs, ys, args = _views(x.shape, out_shape, kernel, stride)
+    avg_pool_fwd[_common.grid_1d(y.size)](x.reshape(xs), y.reshape(ys), *args, _inv_area(kernel, x.dtype))
     return y
 
 
@@ -175,8 +179,8 @@ def avg_pool2d(x, kernel, stride, out_shape):
 def avg_pool2d_backward(dy, x, kernel, stride):
     dy = _common.device(dy)
     dx = _common.empty(x.shape, dy.dtype)
-    avg_pool_backward_kernel[_common.grid_1d(dx.size)](_planes(dy), _planes(dx), *kernel, *stride,
-                                                       _inv_area(kernel, dy.dtype))
+    xs, ys, args = _views(x.shape, dy.shape, kernel, stride)
+    avg_pool_bwd[_common.grid_1d(dx.size)](dy.reshape(ys), dx.reshape(xs), *args, _inv_area(kernel, dy.dtype))
     return dx
 
 

@@ -8,7 +8,7 @@
 from . import config, data, functional, models, optim
 from ._blas import describe as blas_info
 from .backend import BackendError, available_backends, current_backend, info, use_backend
-from .graph import Model, Sequential, load_model
+from .model import Model, Sequential, load_model
 from .layers import (Add, AvgPool2D, BatchNorm2D, Concatenate, Conv2D, Dense, Dropout, Flatten, Input, MaxPool2D,
                      ReLU, Softmax, UpSampling2D)
 from .optim import SGD, Adam

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import Sequential
+from .model import Sequential
 from .layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
 
 

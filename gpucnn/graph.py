@@ -246,6 +246,3 @@ class Network(NetworkState):
         if print_fn is not None:
             print_fn(text)
         return text
-
-
-Model = Network  # the name gpucnn.viz checks against; gpucnn.Model (gpucnn/model.py) is the trainable subclass

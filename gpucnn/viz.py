@@ -27,7 +27,7 @@ import numpy as np
 
 from . import functional as F
 from . import shapes
-from .graph import Model
+from .graph import Network
 from .layers import Conv2D, Dropout, Softmax
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
 # --------------------------------------------------------------------------- argument checks
 
 def _check_model(model):
-    if not isinstance(model, Model):
+    if not isinstance(model, Network):
         raise ValueError(f"expected a gpucnn Model, got {type(model).__name__}")
 
 
@@ -88,7 +88,7 @@ def filters(layer, ncols: int = 8) -> np.ndarray:
     otherwise each filter's C channels are K*C grey tiles, filter by filter.
     Tiles are laid out ncols to a row with 1-pixel NaN separators.
     """
-    if isinstance(layer, Model):
+    if isinstance(layer, Network):
         convs = [lay for lay in layer.layers if isinstance(lay, Conv2D)]
         if not convs:
             raise ValueError(f"model {layer.name!r} has no Conv2D layer")

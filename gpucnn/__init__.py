@@ -13,7 +13,7 @@ from .layers import (Add, AvgPool2D, BatchNorm2D, Concatenate, Conv2D, Dense, Dr
                      ReLU, Softmax, UpSampling2D)
 from .optim import SGD, Adam
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "config", "functional", "models", "optim", "data", "use_backend", "current_backend", "available_backends", "info",

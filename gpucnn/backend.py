@@ -1,7 +1,8 @@
 """Backends: what one is (the `Backend` interface), which exist here and why not, the op registry, use_backend().
 
-A backend is an object, one per package ``gpucnn.backends.<name>``, found by
-walking that package (this module names none of them). It answers for itself:
+A backend is an object (`Backend`, in backends/_base.py), one per package
+``gpucnn.backends.<name>``, found by walking that package (this module names
+none of them). It answers for itself:
 
 - ``probe()``: None when it can run here, else the reason it cannot; ``simulated``:
   its kernels run on the CPU for tests (Numba's CUDA simulator, the CuPy emulator);
@@ -11,9 +12,11 @@ walking that package (this module names none of them). It answers for itself:
   backend has one, else None; ``batch_feeder``: a pinned double-buffered batch
   feeder, or None.
 
-Its ops live in its family modules, which register their host functions with
-``@register(op, name)`` when ``load()`` imports them, the first time the backend
-is asked for an op, so ``import gpucnn`` never pays for Numba or CuPy. Asking
+Its ops live in its family modules, which mark their host functions with
+``backends._base.register(op, name)``; this module imports the families and
+collects the marked functions the first time the backend is asked for an op,
+so ``import gpucnn`` never pays for Numba or CuPy, and no backend imports this
+module (data flows one way: backend -> backends). Asking
 for an op a backend lacks, or for a backend that does not exist, raises an
 error naming both: there is never a silent fallback to another backend.
 """
@@ -21,11 +24,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import time
 from typing import Callable
 
+from .backends._base import Backend, CpuTimer  # noqa: F401  (the interface, re-exported)
+
 _registry: dict[tuple[str, str], Callable] = {}
-_backends: dict[str, "Backend"] = {}
+_backends: dict[str, Backend] = {}
+_loaded: set[str] = set()
 _discovered = False
 _current: str | None = None  # the host backend until use_backend says otherwise (see current_backend)
 
@@ -34,96 +39,32 @@ class BackendError(RuntimeError):
     """A backend cannot run here, or lacks an op."""
 
 
-class CpuTimer:
-    """Wall time of a call on the monotonic clock (a CPU backend's work is done when the call returns)."""
-
-    device, clock = "cpu", "cpu-monotonic"
-
-    def sync(self):
-        pass
-
-    def time_ms(self, fn) -> float:
-        t = time.perf_counter_ns()
-        fn()
-        return (time.perf_counter_ns() - t) / 1e6
-
-
-class Backend:
-    """The interface every backend object provides (defaults: a host backend)."""
-
-    name = ""
-    priority = 100     # 'auto' tries backends in increasing priority (fastest first); listings go the other way
-    device = "cpu"     # where its arrays live and its kernels run: 'cpu' or 'gpu'
-    families: tuple[str, ...] = ()  # op-family modules of its package, imported by load()
-    capture = None     # the capture primitive (see backends/cupy), where the backend has one
-    batch_feeder = None  # (x, y, batch_size) -> a feeder with .epoch(order), where the backend has one
-    tf32_ops: tuple[str, ...] = ()  # ops whose math follows gpucnn.config.allow_tf32 (TF32 tensor cores)
-    simulator = "a simulator"  # what runs its kernels on the CPU when `simulated`, in words
-
-    # -- can it run here
-    def probe(self) -> str | None:
-        return None
-
-    @property
-    def simulated(self) -> bool:
-        return False
-
-    def load(self) -> None:
-        """Import the op families (each registers its ops); once."""
-        if not getattr(self, "_loaded", False):
-            for family in self.families:
-                importlib.import_module(f"{type(self).__module__}.{family}")
-            self._loaded = True
-
-    # -- arrays
-    def asarray(self, a):
-        raise NotImplementedError
-
-    def to_host(self, a):
-        raise NotImplementedError
-
-    def empty(self, shape, dtype):
-        raise NotImplementedError
-
-    def zeros(self, shape, dtype):
-        raise NotImplementedError
-
-    # -- time and the device
-    def synchronize(self) -> None:
-        pass
-
-    def timer(self):
-        """A timer whose time_ms(fn) is the time of fn's work on this backend's device."""
-        self.refuse_simulated()
-        return CpuTimer()
-
-    def refuse_simulated(self) -> None:
-        if self.simulated:
-            raise ValueError(f"backend {self.name!r} runs in a simulator (CPU emulation of its kernels): never timed")
-
-    def device_facts(self) -> dict:
-        """What the device is: name, SMs, memory, cache, driver... (a GPU backend asks its library)."""
-        return {}
-
-    def __repr__(self):
-        return f"<gpucnn backend {self.name!r}>"
-
-
-def register_backend(obj: Backend) -> Backend:
-    """Make a backend object known under obj.name (each backend package calls this on import)."""
-    _backends[obj.name] = obj
-    return obj
-
-
 def _discover() -> dict[str, Backend]:
+    """The backend objects: the BACKEND of every package in gpucnn.backends."""
     global _discovered
     if not _discovered:
         from . import backends
         for mod in pkgutil.iter_modules(backends.__path__):
             if mod.ispkg:
-                importlib.import_module(f"{backends.__name__}.{mod.name}")
+                obj = importlib.import_module(f"{backends.__name__}.{mod.name}").BACKEND
+                _backends[obj.name] = obj
         _discovered = True
     return _backends
+
+
+def _load(name: str) -> None:
+    """Import backend `name`'s op families and register the functions they mark (once)."""
+    if name in _loaded:
+        return
+    b = get_backend(name)
+    package = type(b).__module__
+    for family in b.families:
+        module = importlib.import_module(f"{package}.{family}")
+        for fn in vars(module).values():
+            for op, owner in getattr(fn, "__gpucnn_ops__", ()):
+                if owner == name:
+                    _registry[(op, name)] = fn
+    _loaded.add(name)
 
 
 def host_backend() -> str:
@@ -152,7 +93,8 @@ def get_backend(name: str | None = None) -> Backend:
 
 
 def register(op: str, backend: str):
-    """Decorator: make ``fn`` the implementation of ``op`` on ``backend``."""
+    """Decorator: make ``fn`` the implementation of ``op`` on ``backend`` now (for code outside the backend
+    packages, which mark their functions with backends._base.register instead)."""
     if backend not in _discover():
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(names())}")
 
@@ -170,7 +112,7 @@ def _probe(name: str) -> str | None:
     if reason is not None:
         return reason
     try:
-        b.load()
+        _load(name)
     except ImportError as e:
         return f"the {name} backend's kernels cannot be imported: {e}"
     return None
@@ -249,7 +191,7 @@ def get_op(op: str, backend: str | None = None) -> Callable:
     except KeyError:
         pass
     try:
-        get_backend(backend).load()
+        _load(backend)
     except ImportError as e:
         raise BackendError(f"op {op!r} is not available: backend {backend!r} cannot be loaded ({e})") from None
     try:

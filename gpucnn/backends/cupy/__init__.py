@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from ...backend import Backend, register_backend
+from .._base import Backend
 
 
 class CudaEvents:
@@ -127,4 +127,4 @@ class CupyBackend(Backend):
                 "driver": cupy.cuda.runtime.driverGetVersion(), "runtime": cupy.cuda.runtime.runtimeGetVersion()}
 
 
-BACKEND = register_backend(CupyBackend())
+BACKEND = CupyBackend()

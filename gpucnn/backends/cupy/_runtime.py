@@ -65,7 +65,7 @@ def module_source(family: str) -> str:
     version and a hash of every header in kernels/. CuPy caches compiled modules (in memory and on disk)
     by the source string and options only, so without that line an edited common.cuh or gemm.cuh, or
     an upgraded gpucnn, would load a stale binary built from the old headers."""
-    from ... import __version__ as version
+    from ..._version import __version__ as version
     root = kernels_dir()
     digest = hashlib.sha256()
     for header in sorted(root.glob("*.cuh")):

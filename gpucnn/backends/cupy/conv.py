@@ -6,7 +6,7 @@ tensor cores) from gpucnn.config.allow_tf32.
 """
 from __future__ import annotations
 
-from ...backend import register
+from .._base import register
 from . import _runtime as rt
 
 B = "cupy"

@@ -1,7 +1,7 @@
 """Launchers for kernels/dense.cu: the linear layer and its gradients (GEMMs on gemm.cuh)."""
 from __future__ import annotations
 
-from ...backend import register
+from .._base import register
 from . import _runtime as rt
 
 B = "cupy"

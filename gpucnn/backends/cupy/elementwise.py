@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ...backend import register
+from .._base import register
 from . import _runtime as rt
 
 B = "cupy"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...backend import register
+from .._base import register
 from . import _runtime as rt
 
 B = "cupy"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import shapes
-from ...backend import register
+from .._base import register
 from . import _runtime as rt
 
 B = "cupy"

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from ...backend import Backend, register_backend
+from .._base import Backend
 
 
 class CudaEvents:
@@ -87,4 +87,4 @@ class NumbaBackend(Backend):
                 "driver": cuda.cudadrv.driver.driver.get_version()}
 
 
-BACKEND = register_backend(NumbaBackend())
+BACKEND = NumbaBackend()

@@ -48,7 +48,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from ...backend import register
+from .._base import register
 from . import _common
 from ._common import tree_sum
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from numba import cuda
 
-from ...backend import register
+from .._base import register
 from . import _common
 
 B = "numba"

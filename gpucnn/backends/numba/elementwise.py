@@ -25,7 +25,7 @@ import numpy as np
 from numba import cuda, uint32, uint64
 from numba.cuda.random import xoroshiro128p_dtype, xoroshiro128p_next
 
-from ...backend import register
+from .._base import register
 from . import _common
 
 B = "numba"

@@ -26,7 +26,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ...backend import register
+from .._base import register
 from . import _common
 from ._common import REDUCE_THREADS, tree_sum
 

@@ -15,7 +15,7 @@ import math
 
 from numba import cuda
 
-from ...backend import register
+from .._base import register
 from . import _common
 
 B = "numba"

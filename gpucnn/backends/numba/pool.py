@@ -26,7 +26,7 @@ import numpy as np
 from numba import cuda
 
 from ... import shapes
-from ...backend import register
+from .._base import register
 from . import _common
 
 B = "numba"

@@ -20,7 +20,7 @@ import threading
 
 import numpy as np
 
-from ...backend import register
+from .._base import register
 
 B = "numpy"
 

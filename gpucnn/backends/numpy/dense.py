@@ -1,7 +1,7 @@
 """NumPy linear layer: y = x @ w.T + b and its gradients."""
 from __future__ import annotations
 
-from ...backend import register
+from .._base import register
 
 B = "numpy"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...backend import register
+from .._base import register
 
 B = "numpy"
 

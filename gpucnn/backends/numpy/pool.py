@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...backend import register
+from .._base import register
 from .elementwise import relu
 
 B = "numpy"

@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = add("bench", help="time every op x backend x shape (and whole training steps) beside PyTorch; "
                           "a table here, JSON + markdown + roofline PNG in --out")
-    b.add_argument("--backend", nargs="+", choices=["numpy", "numba", "cupy"],
+    b.add_argument("--backend", nargs="+", choices=backend_names(),
                    help="backends to time (default: every one that runs here; a simulator is never timed)")
     b.add_argument("--op", nargs="+", choices=["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
                                                "relu", "relu_backward"], help="ops to time (default: all)")

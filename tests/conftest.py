@@ -32,3 +32,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=f"gpu test skipped: {why}"))
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend():
+    """Every test starts on the NumPy backend, and a global use_backend() a test makes ends with it."""
+    from gpucnn import backend
+    with backend.use_backend("numpy"):
+        yield

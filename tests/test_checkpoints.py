@@ -16,12 +16,6 @@ import gpucnn
 from gpucnn import Add, Concatenate, Conv2D, Dense, Flatten, Input, MaxPool2D, Model, UpSampling2D
 
 
-@pytest.fixture(autouse=True)
-def numpy_backend():
-    with gpucnn.use_backend("numpy"):
-        yield
-
-
 def _net(seed=0):
     """Every kind of wiring: a chain, a branch, a Concatenate and an Add (two merges), a flat head.
 

@@ -15,12 +15,6 @@ TOL = {F32: dict(rtol=1e-4, atol=1e-4), F64: dict(rtol=1e-10, atol=1e-10)}
 GRAD = dict(rtol=1e-6, atol=1e-7)  # float64 central differences
 
 
-@pytest.fixture(autouse=True)
-def numpy_backend():
-    with backend.use_backend("numpy"):
-        yield
-
-
 def rand(rng, shape, dtype=F64, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(dtype)
 
@@ -568,68 +562,6 @@ def test_batch_norm_backward_float32(shape):
     for g, r, name in zip(got, ref, ("dx", "dweight", "dbias")):
         assert g.dtype == F32
         assert_close(g, r, rtol=1e-3, atol=1e-4, name=name)
-
-
-# ============================================================================= optimizers
-SGD_CASES = [
-    dict(lr=0.1),
-    dict(lr=0.05, weight_decay=0.1),
-    dict(lr=0.1, momentum=0.9),
-    dict(lr=0.1, momentum=0.9, dampening=0.3),
-    dict(lr=0.02, momentum=0.8, nesterov=True),
-    dict(lr=0.1, momentum=0.5, dampening=0.2, weight_decay=0.05),
-    dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
-]
-ADAM_CASES = [
-    dict(),
-    dict(lr=0.01),
-    dict(lr=0.05, beta1=0.8, beta2=0.99, eps=1e-6),
-    dict(lr=0.01, weight_decay=0.1),
-    dict(lr=0.1, beta1=0.5, beta2=0.9, eps=1e-3, weight_decay=0.01),
-]
-SHAPES = [(3, 2, 3, 3), (3,), (4, 5)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cfg", SGD_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
-def test_sgd_step(cfg, dtype):
-    rng = np.random.default_rng(27)
-    params = [rand(rng, s, dtype) for s in SHAPES]
-    bufs = [rand(rng, s, dtype) for s in SHAPES]  # junk: first_step must overwrite it
-    ref = O.SGD(params, **cfg)
-    for t in range(5):
-        grads = [rand(rng, s, dtype) for s in SHAPES]
-        ids = [id(p) for p in params]
-        assert F.sgd_step(params, grads, bufs, first_step=(t == 0), **cfg) is None
-        assert [id(p) for p in params] == ids  # in place
-        ref.step(grads)
-        for i, p in enumerate(params):
-            assert p.dtype == dtype
-            tol = dict(rtol=1e-5, atol=1e-6) if dtype == F32 else dict(rtol=1e-12, atol=1e-14)
-            assert_close(p, ref.params[i], **tol, name=f"step {t + 1} param {i}")
-            if cfg.get("momentum"):
-                assert_close(bufs[i], ref.bufs[i], **tol, name=f"step {t + 1} buffer {i}")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cfg", ADAM_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "defaults")
-def test_adam_step(cfg, dtype):
-    rng = np.random.default_rng(28)
-    params = [rand(rng, s, dtype) for s in SHAPES]
-    m = [np.zeros(s, dtype) for s in SHAPES]
-    v = [np.zeros(s, dtype) for s in SHAPES]
-    ref_cfg = {k: v_ for k, v_ in cfg.items() if k not in ("beta1", "beta2")}
-    ref = O.Adam(params, betas=(cfg.get("beta1", 0.9), cfg.get("beta2", 0.999)), **ref_cfg)
-    for t in range(1, 6):
-        grads = [rand(rng, s, dtype) for s in SHAPES]
-        F.adam_step(params, grads, m, v, t, **cfg)
-        ref.step(grads)
-        tol = dict(rtol=1e-5, atol=1e-6) if dtype == F32 else dict(rtol=1e-12, atol=1e-14)
-        for i, p in enumerate(params):
-            assert p.dtype == dtype and m[i].dtype == dtype and v[i].dtype == dtype
-            assert_close(p, ref.params[i], **tol, name=f"step {t} param {i}")
-            assert_close(m[i], ref.m[i], **tol, name=f"step {t} exp_avg {i}")
-            assert_close(v[i], ref.v[i], **tol, name=f"step {t} exp_avg_sq {i}")
 
 
 # ============================================================================= arrays, dtypes, no mutation

@@ -21,12 +21,6 @@ from helpers import assert_close, numeric_grad
 F64 = np.float64
 
 
-@pytest.fixture(autouse=True)
-def numpy_backend():
-    with gpucnn.use_backend("numpy"):
-        yield
-
-
 # ============================================================================ helpers
 
 def _assert_close(actual, expected, rtol=1e-6, atol=1e-9, name="value"):

@@ -10,12 +10,6 @@ import gpucnn
 from gpucnn import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Sequential, models
 
 
-@pytest.fixture(autouse=True)
-def numpy_backend():
-    with gpucnn.use_backend("numpy"):
-        yield
-
-
 # ============================================================================ the zoo, as SPEC.md lists it
 
 VGG_PARAMS = [896, 9248, 0, 18496, 36928, 0, 73856, 147584, 0, 0, 262272, 1290]

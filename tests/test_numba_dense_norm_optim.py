@@ -182,59 +182,6 @@ def test_batch_norm_refuses_host_running_stats_in_training():
         nb(x, np.zeros(2, np.float32), np.ones(2, np.float32), None, None, True, 0.1, 1e-5)
 
 
-# --------------------------------------------------------------------------- optimizers
-
-SHAPES = [(3, 4), (5,), (1,)]
-
-
-def _params(rng, dtype=np.float32):
-    return [rand(rng, *s, dtype=dtype) for s in SHAPES]
-
-
-@pytest.mark.parametrize("momentum, dampening, nesterov, weight_decay", [
-    (0.0, 0.0, False, 0.0), (0.9, 0.0, False, 0.0), (0.9, 0.0, True, 0.01), (0.5, 0.3, False, 0.1)])
-def test_sgd_steps(momentum, dampening, nesterov, weight_decay):
-    rng = np.random.default_rng(11)
-    params = _params(rng)
-    bufs = [np.zeros_like(p) for p in params]
-    p_dev, b_dev = [dev(p) for p in params], [dev(b) for b in bufs]
-    ref, nb = ops("sgd_step")
-    for step in range(3):
-        grads = _params(rng)
-        args = (0.1, momentum, dampening, nesterov, weight_decay, step == 0)
-        ref(params, grads, bufs, *args)
-        nb(p_dev, grads, b_dev, *args)
-        for k in range(len(params)):
-            check(p_dev[k], params[k], name=f"param {k} step {step}")
-            check(b_dev[k], bufs[k], name=f"buffer {k} step {step}")
-
-
-@pytest.mark.parametrize("dtype, weight_decay", [(np.float32, 0.0), (np.float32, 0.05), (np.float64, 0.01)])
-def test_adam_steps(dtype, weight_decay):
-    rng = np.random.default_rng(12)
-    params = _params(rng, dtype)
-    m, v = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
-    p_dev, m_dev, v_dev = [dev(p) for p in params], [dev(a) for a in m], [dev(a) for a in v]
-    ref, nb = ops("adam_step")
-    for step in range(1, 4):
-        grads = _params(rng, dtype)
-        args = (step, 1e-2, 0.9, 0.999, 1e-8, weight_decay)
-        ref(params, grads, m, v, *args)
-        nb(p_dev, [dev(g) for g in grads], m_dev, v_dev, *args)
-        for k in range(len(params)):
-            check(p_dev[k], params[k], name=f"param {k} step {step}")
-            check(m_dev[k], m[k], name=f"exp_avg {k} step {step}")
-            check(v_dev[k], v[k], name=f"exp_avg_sq {k} step {step}")
-
-
-def test_optimizers_refuse_host_arrays():
-    p = np.ones(3, np.float32)
-    with pytest.raises(TypeError, match="device array"):
-        backend.get_op("sgd_step", "numba")([p], [p], [p], 0.1, 0.9, 0.0, False, 0.0, True)
-    with pytest.raises(TypeError, match="device array"):
-        backend.get_op("adam_step", "numba")([dev(p)], [p], [p], [p], 1, 1e-3, 0.9, 0.999, 1e-8, 0.0)
-
-
 # --------------------------------------------------------------------------- through the op API
 
 def test_functional_api_on_numba():

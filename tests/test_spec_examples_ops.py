@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import gpucnn.functional as F
-from gpucnn import backend
 
 import oracle as O
 from helpers import assert_close
@@ -25,12 +24,6 @@ KERNEL = np.array([[3, 3, 5], [2, 1, 1], [3, 0, 4]])
 VERTICAL = np.array([[1, 0, -1], [1, 0, -1], [1, 0, -1]])
 HORIZONTAL = np.array([[1, 1, 1], [0, 0, 0], [-1, -1, -1]])
 SOBEL = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]])
-
-
-@pytest.fixture(autouse=True)
-def numpy_backend():
-    with backend.use_backend("numpy"):
-        yield
 
 
 def nchw(a, dtype):

@@ -12,12 +12,6 @@ from gpucnn.data import load_digits, one_hot, train_test_split
 F64 = np.float64
 
 
-@pytest.fixture(autouse=True)
-def numpy_backend():
-    with gpucnn.use_backend("numpy"):
-        yield
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_digits()

@@ -54,15 +54,19 @@ ADAM_CASES = cases(
 )
 
 
+def start(be, request, seed):
+    """The cupy launch log (cupy only), the random generator and the parameter shapes of one run."""
+    launches = request.getfixturevalue("cupy_launches") if be.name == "cupy" else []
+    return launches, np.random.default_rng(seed), shapes(be)
+
+
 def rand(rng, shapes_, dtype):
     return [rng.standard_normal(s).astype(dtype) for s in shapes_]
 
 
 @pytest.mark.parametrize("be,cfg,dtype", grid(SGD_CASES, DTYPES))
 def test_sgd_step(be, cfg, dtype, request):
-    launches = request.getfixturevalue("cupy_launches") if be.name == "cupy" else []
-    rng = np.random.default_rng(27)
-    shp = shapes(be)
+    launches, rng, shp = start(be, request, 27)
     params = rand(rng, shp, dtype)
     bufs = rand(rng, shp, dtype)  # junk: the first step must overwrite it
     p_dev, b_dev = [be.device(p.copy()) for p in params], [be.device(b.copy()) for b in bufs]
@@ -90,9 +94,7 @@ def test_sgd_step(be, cfg, dtype, request):
 
 @pytest.mark.parametrize("be,cfg,dtype", grid(ADAM_CASES, DTYPES))
 def test_adam_step(be, cfg, dtype, request):
-    launches = request.getfixturevalue("cupy_launches") if be.name == "cupy" else []
-    rng = np.random.default_rng(28)
-    shp = shapes(be)
+    launches, rng, shp = start(be, request, 28)
     params = rand(rng, shp, dtype)
     m, v = [np.zeros(s, dtype) for s in shp], [np.zeros(s, dtype) for s in shp]
     p_dev, m_dev, v_dev = ([be.device(a.copy()) for a in arrays] for arrays in (params, m, v))

@@ -1,4 +1,4 @@
-"""The gpucnn command: train, summary, info, viz, bench.
+"""The gpucnn command: train, summary, info, viz, bench, kernels.
 
 Every mistake the user can fix (an argument, a missing or malformed file, a
 backend that cannot run here) ends the command with one line on stderr,
@@ -293,6 +293,18 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_kernels(args) -> int:
+    """The static kernel model (gpucnn.perf): one row per launch of a training step; every figure a model."""
+    from . import perf
+    from .perf import sass
+    why = sass.missing()
+    _require(why is None, why or "")
+    _require(args.batch >= 1, f"--batch must be at least 1, got {args.batch}")
+    rows, gpu = perf.run(args.model, args.batch, args.gpu, tf32=args.tf32, backend=args.backend)
+    print(perf.format_report(rows, gpu, args.model, args.batch, args.tf32, args.backend))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .backend import names as backend_names
     from .models import ZOO
@@ -375,6 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--out", metavar="DIR", help="write <date>_<device>.json, .md and _roofline.png here")
     b.set_defaults(func=cmd_bench)
+
+    k = add("kernels", help="a static model of every kernel launch of a training step (no GPU needed: nvcc + "
+                            "cuobjdump): resources, occupancy, main-loop mix, predicted time; all model output")
+    k.add_argument("--model", choices=sorted(ZOO), default="cifar10_vgg", help="zoo model (default cifar10_vgg)")
+    k.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
+    k.add_argument("--gpu", choices=["h200", "h100", "a100"], default="h200", help="GPU modelled (default h200)")
+    k.add_argument("--backend", choices=["cupy"], default="cupy", help="backend whose kernels are modelled")
+    k.add_argument("--tf32", action="store_true", help="GEMMs on TF32 tensor cores (gpucnn.config.allow_tf32)")
+    k.set_defaults(func=cmd_kernels)
     return p
 
 

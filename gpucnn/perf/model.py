@@ -1,0 +1,178 @@
+"""The static kernel model: every launch of a training step, its resources, main loop, occupancy and time.
+
+For each launch (``launches.record_step``) of one training step, with each kernel file compiled once by
+nvcc for the GPU's architecture with every instance its launcher lists (``sass.build``):
+
+* resources: registers, static shared memory, spills (ptxas -v, cuobjdump -res-usage);
+* occupancy: CTAs and warps per SM by the CUDA occupancy calculator's rules (``gpus.occupancy``);
+* waves: CTAs / (SMs x CTAs per SM);
+* the main loop's instruction mix (``sass.analyze``) and how often each warp runs it:
+  a GEMM (conv / linear) runs it for its K steps: trips = K steps per CTA x BM x BN x 8 (BK) MACs over the
+  MACs one iteration of the CTA's warps does (FFMA: 1 per lane, HMMA.1688: 16 x 8 x 8 per warp), so a
+  loop the compiler unrolled counts right; any other kernel runs it until its compulsory bytes are moved:
+  trips = ceil(bytes / 4 / threads in the grid / 4-byte words one trip's LDG/STG move) (at least 1);
+  instructions outside the main loop count once per warp (prologue, epilogue, untaken branches too);
+* issue-bound time: a warp scheduler issues one instruction per clock and an SM has 4, so the busiest SM,
+  holding ceil(CTAs / SMs) CTAs (wave quantization at the SM), needs ceil(CTAs / SMs) x warp instructions
+  per CTA / 4 clocks;
+* memory-bound time: compulsory bytes (every array argument read or written once) / HBM bandwidth;
+* predicted time: the larger of the two (no launch overhead, no latency, no caches: a floor, not a
+  measurement); % of peak: the GEMM's 2 M N K FLOP over its predicted time, against the FP32 (FFMA)
+  or the dense TF32 tensor-core peak.
+
+Every figure is a model of the code as compiled, not a measurement.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+
+from . import gpus, sass
+from .launches import Launch, record_step
+
+MIX = ("FFMA", "HMMA", "LDS", "STS", "LDG", "STG", "ALU", "BAR")
+
+
+@dataclass
+class Row:
+    launch: Launch
+    res: sass.Resources
+    kernel: sass.Kernel
+    occ: gpus.Occupancy
+    waves: float
+    trips: int
+    warp_instructions: int      # per warp, the whole launch of one CTA's warp
+    issue_us: float
+    memory_us: float
+    predicted_us: float
+    peak_pct: float | None
+
+
+def family_names(family: str) -> list[str]:
+    """Every name expression the launcher module lists for kernels/<family>.cu (what CuPy compiles)."""
+    from ..backends.cupy import _runtime as rt
+    module = importlib.import_module(f"gpucnn.backends.cupy.{family}")
+    return sorted({n for v in vars(module).values() if isinstance(v, rt.Family) and v.family == family
+                   for n in v.names})
+
+
+def compile_families(families, arch: str) -> dict:
+    """{family: (resources by symbol, SASS by symbol)}: each kernels/<family>.cu compiled once."""
+    from ..backends.cupy import _runtime as rt
+    out = {}
+    for family in sorted(set(families)):
+        built = sass.build(rt.module_source(family), rt.kernels_dir(), family_names(family), arch)
+        out[family] = (sass.resources(built), sass.functions(built["sass"]))
+    return out
+
+
+def _trips(launch: Launch, kernel: sass.Kernel) -> int:
+    if kernel.main is None:
+        return 0
+    warps = math.ceil(launch.threads / 32)
+    if launch.gemm is not None:
+        g = launch.gemm
+        macs_per_trip = warps * (kernel.mix["FFMA"] * 32 + kernel.mix["HMMA"] * 16 * 8 * 8)
+        if macs_per_trip:
+            return math.ceil(g["ksteps"] * g["bm"] * g["bn"] * 8 / macs_per_trip)
+    words = launch.bytes / 4 / (launch.ctas * launch.threads)
+    return max(1, math.ceil(words / max(kernel.global_words, 1)))
+
+
+def analyze(launches: list[Launch], gpu: gpus.GPU, tf32: bool, compiled: dict) -> list[Row]:
+    rows = []
+    clock_hz = gpu.clock_ghz * 1e9
+    peak = (gpu.tf32_tflops if tf32 else gpu.fp32_tflops) * 1e12
+    for launch in launches:
+        res_by_symbol, code_by_symbol = compiled[launch.family]
+        symbol = sass.find_symbol(launch.kernel, code_by_symbol)
+        res = res_by_symbol[symbol]
+        kernel = sass.analyze(symbol, code_by_symbol[symbol])
+        occ = gpus.occupancy(gpu, launch.threads, res.registers, res.shared)
+        waves = launch.ctas / (gpu.sms * max(occ.blocks, 1))
+        trips = _trips(launch, kernel)
+        per_warp = kernel.loop_instructions * trips + kernel.outside
+        per_cta = per_warp * math.ceil(launch.threads / 32)
+        issue = math.ceil(launch.ctas / gpu.sms) * per_cta / gpu.issue_per_clock / clock_hz * 1e6
+        memory = launch.bytes / (gpu.bandwidth_gbs * 1e9) * 1e6
+        predicted = max(issue, memory)
+        pct = 100 * launch.flops / (predicted * 1e-6) / peak if launch.gemm else None
+        rows.append(Row(launch, res, kernel, occ, waves, trips, per_warp, issue, memory, predicted, pct))
+    return rows
+
+
+def run(model: str = "cifar10_vgg", batch: int = 128, gpu: str = "h200", tf32: bool = False,
+        backend: str = "cupy") -> tuple[list[Row], gpus.GPU]:
+    """Record the step's launches, compile what they use, and model every launch."""
+    if gpu not in gpus.GPUS:
+        raise ValueError(f"unknown GPU {gpu!r}; choose {', '.join(gpus.GPUS)}")
+    if batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {batch}")
+    spec = gpus.GPUS[gpu]
+    why = sass.missing()
+    if why:
+        raise RuntimeError(why)
+    launches = record_step(model, batch, spec.sms, tf32=tf32, backend=backend)
+    compiled = compile_families({launch.family for launch in launches}, spec.arch)
+    return analyze(launches, spec, tf32, compiled), spec
+
+
+def totals(rows: list[Row], gpu: gpus.GPU, tf32: bool) -> tuple[float, float]:
+    """(step time in ms, GEMMs' % of peak) of the model."""
+    step_us = sum(r.predicted_us for r in rows)
+    gemms = [r for r in rows if r.launch.gemm]
+    flops = sum(r.launch.flops for r in gemms)
+    gemm_s = sum(r.predicted_us for r in gemms) * 1e-6
+    peak = (gpu.tf32_tflops if tf32 else gpu.fp32_tflops) * 1e12
+    return step_us / 1e3, (100 * flops / gemm_s / peak if gemm_s else 0.0)
+
+
+def _us(v: float) -> str:
+    return f"{v:.2f}" if v < 100 else f"{v:.1f}"
+
+
+def format_report(rows: list[Row], gpu: gpus.GPU, model: str, batch: int, tf32: bool, backend: str = "cupy") -> str:
+    mode = "TF32" if tf32 else "FP32"
+    peak = gpu.tf32_tflops if tf32 else gpu.fp32_tflops
+    lines = [
+        f"gpucnn kernels: {model} training step, batch {batch}, backend {backend}, {gpu.name} ({gpu.arch}, "
+        f"{gpu.sms} SMs, {gpu.clock_ghz:.2f} GHz, {mode} peak {peak:g} TFLOPS, {gpu.bandwidth_gbs / 1000:g} TB/s)",
+        "MODEL OUTPUT, NOT A MEASUREMENT: launches as the CuPy launchers choose them (no kernel ran); SASS of nvcc "
+        f"-arch={gpu.arch}; occupancy by the occupancy calculator's rules; time = max(issue-bound, memory-bound).",
+        "columns: grid; regs/thread; static smem B; spill B (stores+loads); CTAs/SM, warps/SM (limit); waves; "
+        "main-loop mix per trip and trips (model); issue, memory, predicted us (model); % of peak (model, GEMMs)",
+    ]
+    header = (f"{'layer':13s} {'direction':19s} {'kernel':36s} {'grid':>14s} {'reg':>4s} {'smem':>6s} {'spill':>5s} "
+              f"{'CTA/SM':>6s} {'warp/SM':>7s} {'waves':>6s}  {'FFMA HMMA LDS STS LDG STG  ALU BAR':35s} {'FFMA%':>5s} "
+              f"{'trips':>5s} {'issue':>8s} {'memory':>8s} {'pred':>8s} {'%peak':>6s}")
+    lines += [header, "-" * len(header)]
+    for r in rows:
+        la, mix = r.launch, r.kernel.mix
+        grid = "x".join(str(g) for g in la.grid)
+        mix_text = " ".join(f"{mix[k]:{w}d}" for k, w in zip(MIX, (4, 4, 3, 3, 3, 3, 4, 3)))
+        total = r.kernel.loop_instructions
+        share = f"{100 * mix['FFMA'] / total:5.1f}" if total else "    -"
+        pct = f"{r.peak_pct:6.1f}" if r.peak_pct is not None else "     -"
+        spill = r.res.spill_stores + r.res.spill_loads
+        lines.append(f"{la.layer[:13]:13s} {la.direction[:19]:19s} {la.kernel[:36]:36s} {grid:>14s} "
+                     f"{r.res.registers:4d} {r.res.shared:6d} {spill:5d} {r.occ.blocks:6d} {r.occ.warps:7d} "
+                     f"{r.waves:6.2f}  {mix_text:35s} {share} {r.trips:5d} {_us(r.issue_us):>8s} "
+                     f"{_us(r.memory_us):>8s} {_us(r.predicted_us):>8s} {pct}")
+    gemms = [r for r in rows if r.launch.gemm and r.kernel.loop_instructions]
+    if gemms:
+        shares = [r.kernel.mix["FFMA"] / r.kernel.loop_instructions for r in gemms if r.kernel.mix["FFMA"]]
+        per_hmma = [r.kernel.loop_instructions / r.kernel.mix["HMMA"] for r in gemms if r.kernel.mix["HMMA"]]
+        if shares:
+            lines.append(f"GEMM main loops (model): FFMA {100 * min(shares):.0f}-{100 * max(shares):.0f}% of the "
+                         "loop's instructions")
+        if per_hmma:
+            lines.append(f"GEMM main loops (model): {min(per_hmma):.1f}-{max(per_hmma):.1f} instructions per HMMA.1688")
+        issue = sum(r.issue_us for r in gemms)
+        memory = sum(r.memory_us for r in gemms)
+        lines.append(f"GEMMs (model): {len(gemms)} launches, {sum(r.launch.flops for r in gemms) / 1e9:.2f} GFLOP, "
+                     f"issue-bound {issue:.1f} us, memory-bound {memory:.1f} us")
+    step_ms, pct = totals(rows, gpu, tf32)
+    lines.append(f"{model} training step, batch {batch}, {gpu.name} {mode} (model): {step_ms:.3f} ms, "
+                 f"GEMMs at {pct:.1f}% of peak")
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""gpucnn.perf, the static kernel model behind `gpucnn kernels`: occupancy against the CUDA occupancy
+calculator, the main loop of a planted kernel found and counted, the launches of a training step, the
+report's last line and its determinism. Tests that compile are skipped, saying why, without nvcc or
+cuobjdump/nvdisasm (pip install 'gpucnn[perf]'); compiled results are cached (~/.cache/gpucnn/perf).
+"""
+import re
+
+import pytest
+
+from gpucnn import cli, perf
+from gpucnn.perf import gpus, sass
+from gpucnn.perf.launches import record_step
+
+MISSING = sass.missing()
+needs_tools = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+
+
+# The CUDA Occupancy Calculator's answers (cuda_occupancy.h / the spreadsheet's rules, default carveout):
+# registers per warp rounded up to 256 and allocated per sub-partition (65536 / 4 each), shared memory
+# per block + 1 KB reserved in 128-byte units against 228 KB (9.0) or 164 KB (8.0), 64 warps and 32 CTAs.
+OCCUPANCY_CASES = [
+    # gpu,   threads, regs, smem,  CTAs/SM, warps/SM, limit
+    ("h200", 256, 32, 0, 8, 64, "warps"),                  # 32 regs: 100% occupancy
+    ("h200", 256, 64, 12288, 4, 32, "registers"),          # 64 regs: 50%
+    ("h200", 256, 128, 0, 2, 16, "registers"),             # 128 regs: 25%
+    ("h200", 256, 143, 18432, 1, 8, "registers"),          # 143 -> 4608 per warp: 3 warps per sub-partition
+    ("h200", 256, 255, 0, 1, 8, "registers"),              # 255 -> 8192 per warp: 2 warps per sub-partition
+    ("a100", 256, 72, 0, 3, 24, "registers"),              # 2304 per warp: 7 per sub-partition, 28 warps
+    ("h100", 32, 16, 0, 32, 32, "blocks"),                 # one-warp blocks: the 32-CTA limit
+    ("h100", 128, 32, 49152, 4, 16, "shared memory"),      # (48 KB + 1 KB) -> 233472 // 50176 = 4
+    ("a100", 128, 32, 49152, 3, 12, "shared memory"),      # 167936 // 50176 = 3
+    ("h200", 1024, 255, 0, 0, 0, "registers"),             # 255 x 32 x 32 warps > 65536: cannot launch
+]
+
+
+@pytest.mark.parametrize("gpu,threads,regs,smem,blocks,warps,limit", OCCUPANCY_CASES)
+def test_occupancy_matches_the_occupancy_calculator(gpu, threads, regs, smem, blocks, warps, limit):
+    occ = gpus.occupancy(gpus.GPUS[gpu], threads, regs, smem)
+    assert (occ.blocks, occ.warps, occ.limit) == (blocks, warps, limit)
+
+
+def test_symbol_prefix_is_the_itanium_mangling_of_the_instance():
+    assert sass.symbol_prefix("conv2d_fwd<128, 64, false, true>") == "_Z10conv2d_fwdILi128ELi64ELb0ELb1EE"
+    assert sass.symbol_prefix("max_pool_bwd<long long>") == "_Z12max_pool_bwdIxE"
+    assert sass.symbol_prefix("splitk_reduce") == "splitk_reduce"
+
+
+PLANTED = r"""
+// a loop of plain adds first (no FFMA: must not be taken for the main loop), then the main loop:
+// exactly 16 independent FFMA and one global load per iteration (the outer loop is kept rolled)
+extern "C" __global__ void planted(const float* __restrict__ a, float* __restrict__ out, int n, int m) {
+    float s = 0.f;
+#pragma unroll 1
+    for (int i = 0; i < m; ++i) s += a[i] * 0.f + 1.f;
+    float acc[16];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) acc[j] = a[j + threadIdx.x];
+    const float y = a[threadIdx.x + 64];
+#pragma unroll 1
+    for (int i = 0; i < n; ++i) {
+        const float x = a[i + blockIdx.x];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) acc[j] = fmaf(acc[j], x, y);
+    }
+    float r = s;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) r += acc[j];
+    out[threadIdx.x] = r;
+}
+"""
+
+
+@needs_tools
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_the_main_loop_of_a_planted_kernel_has_its_16_ffma(tmp_path, arch):
+    built = sass.build(PLANTED, tmp_path, [], arch)
+    code = sass.functions(built["sass"])
+    kernel = sass.analyze("planted", code["planted"])
+    assert len(kernel.loops) >= 2, kernel.loops
+    assert kernel.mix["FFMA"] == 16 and kernel.mix["HMMA"] == 0
+    assert kernel.mix["LDG"] == 1 and kernel.mix["BAR"] == 0
+    assert kernel.global_words == 1
+    res = sass.resources(built)["planted"]
+    assert res.registers > 16 and res.spill_stores == 0 and res.shared == 0
+
+
+def test_the_launches_of_a_training_step_come_from_the_launchers():
+    launches = record_step("cifar10_vgg", 128, sms=132)
+    directions = {la.direction for la in launches}
+    assert {"forward", "data grad", "weight grad", "bias grad", "softmax-xent", "sgd step"} <= directions
+    fwd = [la for la in launches if la.kernel.startswith("conv2d_fwd")]
+    assert len(fwd) == 6 and fwd[0].gemm == {"M": 128 * 32 * 32, "N": 32, "K": 27, "bm": 128, "bn": 32, "ksteps": 4}
+    assert fwd[0].grid == (1024, 1) and fwd[0].flops == 2 * 128 * 32 * 32 * 32 * 27
+    # split-K follows the GPU's SM count (the launcher's gemm_splits), not the emulator's 4
+    wgrad = [la for la in launches if la.kernel.startswith("conv2d_wgrad")]
+    few = [la for la in record_step("cifar10_vgg", 128, sms=4) if la.kernel.startswith("conv2d_wgrad")]
+    assert [la.grid[2] for la in wgrad] != [la.grid[2] for la in few]
+    from gpucnn.backends.cupy import _runtime
+    assert _runtime.sm_count() == 4  # restored
+    tf32 = [la.kernel for la in record_step("mnist_cnn", 16, sms=132, tf32=True) if la.gemm]
+    assert tf32 and all(k.split("<")[1].rstrip(">").split(", ")[2] == "true" for k in tf32)  # <BM, BN, TF32, ...>
+
+
+LAST = re.compile(r"^mnist_cnn training step, batch 16, H200 (FP32|TF32) \(model\): \d+\.\d{3} ms, "
+                  r"GEMMs at \d+\.\d% of peak$")
+
+
+@needs_tools
+def test_report_last_line_and_determinism():
+    rows, gpu = perf.run("mnist_cnn", 16, "h200")
+    text = perf.format_report(rows, gpu, "mnist_cnn", 16, False)
+    assert LAST.match(text.splitlines()[-1]), text.splitlines()[-1]
+    assert "FP32" in text.splitlines()[-1]
+    assert "NOT A MEASUREMENT" in text
+    rows2, _ = perf.run("mnist_cnn", 16, "h200")
+    assert perf.format_report(rows2, gpu, "mnist_cnn", 16, False) == text
+    for r in rows:
+        assert r.predicted_us == max(r.issue_us, r.memory_us) > 0
+        assert r.occ.blocks >= 1 and r.res.spill_stores == 0
+    gemm = [r for r in rows if r.launch.gemm]
+    assert gemm and all(r.kernel.mix["FFMA"] > 0 and 0 < r.peak_pct < 100 for r in gemm)
+
+
+@needs_tools
+def test_cli_kernels_prints_the_report(capsys):
+    assert cli.main(["kernels", "--model", "mnist_cnn", "--batch", "16", "--tf32"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert LAST.match(last) and " TF32 " in last
+
+
+def test_cli_kernels_without_tools_says_what_is_missing(monkeypatch, capsys):
+    real = sass.find
+    monkeypatch.setattr(sass, "find", lambda tool: None if tool in ("cuobjdump", "nvdisasm") else real(tool))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["kernels"])
+    message = str(e.value.code)
+    assert message.startswith("gpucnn: error: gpucnn kernels needs ") and "cuobjdump" in message
+    assert "pip install 'gpucnn[perf]'" in message and "\n" not in message
+    assert capsys.readouterr().out == ""

@@ -137,3 +137,16 @@ def test_cli_kernels_without_tools_says_what_is_missing(monkeypatch, capsys):
     assert message.startswith("gpucnn: error: gpucnn kernels needs ") and "cuobjdump" in message
     assert "pip install 'gpucnn[perf]'" in message and "\n" not in message
     assert capsys.readouterr().out == ""
+
+
+def test_recording_twice_in_a_process_without_the_emulation_variable():
+    """`gpucnn kernels` sets GPUCNN_CUPY_EMULATE=1 itself where CuPy was not imported, for every recording."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "GPUCNN_CUPY_EMULATE"}
+    code = ("from gpucnn.perf.launches import record_step; import os\n"
+            "a = record_step('mnist_cnn', 4, 132); b = record_step('mnist_cnn', 4, 132, tf32=True)\n"
+            "assert len(a) == len(b) > 20 and 'GPUCNN_CUPY_EMULATE' not in os.environ\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -141,16 +141,23 @@ def _record(state: _State, family: str, name: str, grid, block, args) -> Launch:
 
 @contextlib.contextmanager
 def _emulated_if_needed():
-    """Import the CuPy backend in its CPU emulation unless it is already imported (a GPU run keeps CuPy)."""
-    set_here = "gpucnn.backends.cupy._runtime" not in sys.modules and os.environ.get("GPUCNN_CUPY_EMULATE") != "1"
-    if set_here:
+    """The CuPy backend in its CPU emulation unless it was already imported with CuPy (a GPU machine).
+
+    ``_runtime`` reads GPUCNN_CUPY_EMULATE once, at import; the backend's probe reads it at each use, so it
+    is set for the duration of the recording whenever the runtime is the emulated one, then restored."""
+    before = os.environ.get("GPUCNN_CUPY_EMULATE")
+    if "gpucnn.backends.cupy._runtime" not in sys.modules:
+        os.environ["GPUCNN_CUPY_EMULATE"] = "1"
+    from ..backends.cupy import _runtime
+    if _runtime.EMULATED:
         os.environ["GPUCNN_CUPY_EMULATE"] = "1"
     try:
-        from ..backends.cupy import _runtime  # noqa: F401  (reads GPUCNN_CUPY_EMULATE once, here)
         yield
     finally:
-        if set_here:
+        if before is None:
             os.environ.pop("GPUCNN_CUPY_EMULATE", None)
+        else:
+            os.environ["GPUCNN_CUPY_EMULATE"] = before
 
 
 def record_step(model_name: str, batch: int, sms: int, tf32: bool = False, backend: str = "cupy") -> list[Launch]:

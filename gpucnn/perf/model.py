@@ -12,6 +12,9 @@ nvcc for the GPU's architecture with every instance its launcher lists (``sass.b
   loop the compiler unrolled counts right; any other kernel runs it until its compulsory bytes are moved:
   trips = ceil(bytes / 4 / threads in the grid / 4-byte words one trip's LDG/STG move) (at least 1);
   instructions outside the main loop count once per warp (prologue, epilogue, untaken branches too);
+  the count is static: a main loop with branches inside counts all of its body every trip (the pooling
+  kernels' window loops, unrolled for any window with early exits, so their issue-bound time is an upper
+  bound; the GEMM main loops have no branches inside but the loop's own);
 * issue-bound time: a warp scheduler issues one instruction per clock and an SM has 4, so the busiest SM,
   holding ceil(CTAs / SMs) CTAs (wave quantization at the SM), needs ceil(CTAs / SMs) x warp instructions
   per CTA / 4 clocks;

@@ -81,7 +81,8 @@ def occupancy(gpu: GPU, threads: int, regs: int, smem: int) -> Occupancy:
     # registers: per warp, rounded to the allocation unit; allocated per sub-partition
     regs_per_warp = _round_up(max(regs, 1) * gpu.warp_size, gpu.reg_unit)
     assumed = regs_per_warp * _round_up(warps_per_block, gpu.sub_partitions)
-    if regs > gpu.max_regs_per_thread or assumed > gpu.regs_per_block or regs_per_warp * warps_per_block > gpu.regs_per_block:
+    allocated = regs_per_warp * warps_per_block
+    if regs > gpu.max_regs_per_thread or assumed > gpu.regs_per_block or allocated > gpu.regs_per_block:
         limits["registers"] = 0
     else:
         warps_per_sub = (gpu.regs_per_sm // gpu.sub_partitions) // regs_per_warp

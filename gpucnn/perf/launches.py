@@ -129,7 +129,10 @@ def _record(state: _State, family: str, name: str, grid, block, args) -> Launch:
     if layer == "step":  # outside every layer: the loss and the optimizer step
         phase = layer = "loss" if family == "softmax" else "optimizer" if family == "optim" else "step"
     previous = state.raw[-1].direction if state.raw else ""
-    direction = "softmax-xent" if phase == "loss" else "sgd step" if phase == "optimizer" else _direction(name, phase == "backward", previous)
+    if phase in ("loss", "optimizer"):
+        direction = "softmax-xent" if phase == "loss" else "sgd step"
+    else:
+        direction = _direction(name, phase == "backward", previous)
     flops = 2 * gemm["M"] * gemm["N"] * gemm["K"] if gemm else 0
     if gemm and name.startswith(("conv2d_wgrad", "linear_wgrad")) and grid[2] > 1:
         nbytes = sum(_nbytes(a) for a in arrays)  # inputs plus the split-K workspace it writes

@@ -6,8 +6,8 @@ is absent and how to install it. Results are cached under ~/.cache/gpucnn/perf (
 a hash of the source, every header, the instance list, the architecture and the tools' versions.
 
 The main loop of a kernel: every backward branch (a ``BRA`` to an address at or below its own) closes a
-loop [target, branch]; the main loop is the one holding the most FFMA + HMMA, then the most global memory instructions, then the
-most shared memory ones, then the smallest (the innermost that still holds them all).
+loop [target, branch]; the main loop is the one holding the most FFMA + HMMA, then the most global memory
+instructions, then the most shared memory ones, then the smallest (the innermost that still holds them all).
 """
 from __future__ import annotations
 
@@ -155,7 +155,8 @@ class Resources:
 
 def resources(build_out: dict) -> dict[str, Resources]:
     usage = {}
-    for m in re.finditer(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", build_out["resources"]):
+    pattern = r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)"
+    for m in re.finditer(pattern, build_out["resources"]):
         usage[m.group(1)] = (int(m.group(2)), int(m.group(4)), int(m.group(5)))
     spills = {}
     for m in re.finditer(r"Compiling entry function '([^']+)'.*?(\d+) bytes spill stores, (\d+) bytes spill loads",

@@ -5,7 +5,7 @@ nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm: ``pip install 'gpucnn[perf]'``).
 is absent and how to install it. Results are cached under ~/.cache/gpucnn/perf (XDG_CACHE_HOME), keyed by
 a hash of the source, every header, the instance list, the architecture and the tools' versions.
 
-The main loop of a kernel: every backward branch (a ``BRA`` to an address at or below its own) closes a
+The main loop of a kernel: every backward branch (a ``BRA`` to an address below its own) closes a
 loop [target, branch]; the main loop is the one holding the most FFMA + HMMA, then the most global memory
 instructions, then the most shared memory ones, then the smallest (the innermost that still holds them all).
 """

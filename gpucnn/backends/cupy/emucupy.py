@@ -191,8 +191,12 @@ class ndarray:  # noqa: N801  (the name CuPy uses)
 
     # -- views (no data moves)
     def __getitem__(self, key) -> "ndarray":
+        """A view (basic indexing; a full integer index gives a 0-d device array, as CuPy)."""
+        key = key if isinstance(key, tuple) else (key,)
+        if not any(k is Ellipsis for k in key):
+            key = key + (Ellipsis,)  # keeps a 0-d result an array, not a host scalar
         view = self._a[key]
-        if not isinstance(view, np.ndarray) or not np.shares_memory(view, self._a):
+        if not isinstance(view, np.ndarray) or (view.size and not np.shares_memory(view, self._a)):
             raise TypeError("only basic slicing of a device array is emulated (a view, as CuPy returns)")
         return ndarray(view)
 

@@ -19,12 +19,6 @@ def rand(rng, shape, dtype=F64, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(dtype)
 
 
-def distinct(rng, shape, dtype=F64):
-    """Distinct values 0.25 apart (a shuffled arange): no ties in max pooling, FD-safe (eps << gap)."""
-    size = int(np.prod(shape))
-    return ((rng.permutation(size) - size / 2) * 0.25).reshape(shape).astype(dtype)
-
-
 def pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -152,99 +146,6 @@ def test_valid_padding_is_zero_padding():
     x, w = rand(rng, (1, 2, 7, 6)), rand(rng, (3, 2, 3, 2))
     assert_close(F.conv2d(x, w, padding="valid"), F.conv2d(x, w, padding=0), rtol=0, atol=0)
     assert F.conv2d(x, w, padding="valid").shape == (1, 3, 5, 5)
-
-
-# ============================================================================= pooling
-# shape, kernel_size, stride (None: = kernel)
-POOL_CASES = [
-    ((1, 1, 4, 4), 2, None),
-    ((2, 3, 5, 7), 2, None),          # floor: last row/col unused
-    ((1, 2, 6, 6), 3, 2),             # overlapping windows
-    ((2, 1, 7, 5), (2, 3), (1, 2)),
-    ((1, 1, 5, 5), 3, 1),
-    ((1, 2, 4, 6), (1, 2), None),
-    ((1, 1, 3, 3), 3, None),          # one window = whole plane
-    ((2, 2, 9, 8), 3, 3),
-    ((1, 1, 8, 7), 2, 3),             # stride > kernel: gaps
-    ((1, 1, 1, 6), (1, 3), (1, 2)),
-]
-POOL_IDS = [f"{'x'.join(map(str, s))}_k{k}_s{st}" for s, k, st in POOL_CASES]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,k,s", POOL_CASES, ids=POOL_IDS)
-def test_max_pool2d(shape, k, s, dtype):
-    rng = np.random.default_rng(4)
-    x = distinct(rng, shape, dtype)
-    ref, ref_idx = O.max_pool2d(x, k, s)
-    y, idx = F.max_pool2d(x, k, s, return_indices=True)
-    assert y.dtype == dtype and np.issubdtype(idx.dtype, np.integer)
-    assert_close(y, ref, rtol=0, atol=0, name="max_pool2d")
-    np.testing.assert_array_equal(idx, ref_idx)
-    assert_close(F.max_pool2d(x, k, s), ref, rtol=0, atol=0)
-    dy = rand(rng, ref.shape, dtype)
-    ref_dx = O.max_pool2d_backward(dy, x, k, s)
-    for dx in (F.max_pool2d_backward(dy, x, k, s), F.max_pool2d_backward(dy, x, k, s, indices=idx)):
-        assert dx.dtype == dtype
-        assert_close(dx, ref_dx, **TOL[dtype], name="max_pool2d dx")
-
-
-@pytest.mark.parametrize("shape,k,s", POOL_CASES, ids=POOL_IDS)
-def test_max_pool2d_ties_go_to_first_max(shape, k, s):
-    rng = np.random.default_rng(5)
-    x = rng.integers(0, 3, shape).astype(F64)  # many equal maxima per window
-    ref, ref_idx = O.max_pool2d(x, k, s)
-    y, idx = F.max_pool2d(x, k, s, return_indices=True)
-    np.testing.assert_array_equal(idx, ref_idx)
-    dy = rand(rng, ref.shape)
-    assert_close(F.max_pool2d_backward(dy, x, k, s), O.max_pool2d_backward(dy, x, k, s), **TOL[F64])
-
-
-@pytest.mark.parametrize("shape,k,s", POOL_CASES, ids=POOL_IDS)
-def test_max_pool2d_grad_fd(shape, k, s):
-    rng = np.random.default_rng(6)
-    x = distinct(rng, shape)
-    y, idx = F.max_pool2d(x, k, s, return_indices=True)
-    dy = rand(rng, y.shape)
-    pool = lambda x_: F.max_pool2d(x_, k, s)
-    check_grad(pool, [x], 0, F.max_pool2d_backward(dy, x, k, s), dy, **GRAD, name="dx (search)")
-    check_grad(pool, [x], 0, F.max_pool2d_backward(dy, x, k, s, indices=idx), dy, **GRAD, name="dx (indices)")
-
-
-def test_max_pool2d_backward_uses_given_indices():
-    """Passed indices replace the search: dy goes where they point, even if that is not the max."""
-    x = distinct(np.random.default_rng(31), (1, 2, 4, 4))
-    dy = np.arange(1.0, 9.0).reshape(1, 2, 2, 2)
-    idx = np.array([[[[0, 3], [12, 15]], [[5, 6], [9, 10]]]])  # window corners / window centres
-    dx = F.max_pool2d_backward(dy, x, 2, indices=idx)
-    expected = np.zeros((1, 2, 16))
-    for c in range(2):
-        for p in range(2):
-            for q in range(2):
-                expected[0, c, idx[0, c, p, q]] += dy[0, c, p, q]
-    assert_close(dx, expected.reshape(1, 2, 4, 4), rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,k,s", POOL_CASES, ids=POOL_IDS)
-def test_avg_pool2d(shape, k, s, dtype):
-    rng = np.random.default_rng(7)
-    x = rand(rng, shape, dtype)
-    y = F.avg_pool2d(x, k, s)
-    assert y.dtype == dtype
-    assert_close(y, O.avg_pool2d(x, k, s), **TOL[dtype], name="avg_pool2d")
-    dy = rand(rng, y.shape, dtype)
-    dx = F.avg_pool2d_backward(dy, x, k, s)
-    assert dx.dtype == dtype
-    assert_close(dx, O.avg_pool2d_backward(dy, x, k, s), **TOL[dtype], name="avg_pool2d dx")
-
-
-@pytest.mark.parametrize("shape,k,s", POOL_CASES, ids=POOL_IDS)
-def test_avg_pool2d_grad_fd(shape, k, s):
-    rng = np.random.default_rng(8)
-    x = rand(rng, shape)
-    dy = rand(rng, F.avg_pool2d(x, k, s).shape)
-    check_grad(lambda x_: F.avg_pool2d(x_, k, s), [x], 0, F.avg_pool2d_backward(dy, x, k, s), dy, **GRAD)
 
 
 # ============================================================================= relu, upsample, add, concat

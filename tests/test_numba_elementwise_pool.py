@@ -1,4 +1,4 @@
-"""The numba backend's elementwise and pooling kernels against the NumPy backend.
+"""The numba backend's elementwise kernels against the NumPy backend (pooling: tests/ops/test_pool.py).
 
 Runs under Numba's CUDA simulator without a GPU (tests/conftest.py sets
 NUMBA_ENABLE_CUDASIM=1 before numba is imported), so every launch stays tiny:
@@ -59,89 +59,6 @@ def both(fn, *args, **kwargs):
 
 def normal(seed, shape, dtype=np.float32):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
-
-
-def distinct(seed, shape, dtype=np.float32):
-    """Distinct values (a permutation, scaled into [-0.5, 0.5)): no ties in any max-pool window."""
-    size = int(np.prod(shape))
-    return ((np.random.default_rng(seed).permutation(size) - size / 2) / size).astype(dtype).reshape(shape)
-
-
-# --------------------------------------------------------------------------- pooling
-
-# (input shape, kernel, stride): odd and non-divisible sizes, N=1, C=1, windows 2x2 / 3x3 / 2x3 / 3x2,
-# strides 1-3, overlapping and not, a window covering the whole input
-POOL_CASES = [
-    ((1, 1, 4, 4), 2, None),
-    ((2, 3, 7, 9), 3, 2),
-    ((1, 2, 8, 7), (2, 3), 1),
-    ((2, 1, 9, 8), 3, 3),
-    ((1, 3, 5, 6), (3, 2), (2, 1)),
-    ((2, 2, 3, 3), 3, 1),
-    ((1, 2, 7, 5), 2, 3),
-]
-
-
-@pytest.mark.parametrize("shape,kernel,stride", POOL_CASES)
-def test_max_pool2d(shape, kernel, stride):
-    x = distinct(1, shape)
-    (y, idx), (y_ref, idx_ref) = both(F.max_pool2d, x, kernel, stride, return_indices=True)
-    check(y, y_ref, exact=True)
-    check(idx, idx_ref, exact=True)
-
-
-def test_relu_max_pool2d():
-    """max_pool2d of the ReLU (composed of the relu and max-pool kernels on this backend)."""
-    x = distinct(4, (2, 3, 5, 6))
-    (y, idx), (y_ref, idx_ref) = both(F.relu_max_pool2d, x, 2, return_indices=True)
-    check(y, y_ref, exact=True)
-    check(idx, idx_ref, exact=True)
-    assert (y_ref == 0).any() and (y_ref > 0).any()
-
-
-@pytest.mark.parametrize("shape,kernel,stride", POOL_CASES)
-def test_max_pool2d_backward(shape, kernel, stride):
-    x = distinct(2, shape)
-    with gpucnn.use_backend("numpy"):
-        y_ref, idx_ref = F.max_pool2d(x, kernel, stride, return_indices=True)
-        dy = normal(3, y_ref.shape)
-        dx_ref = F.max_pool2d_backward(dy, x, kernel, stride, indices=idx_ref)
-    with gpucnn.use_backend("numba"):
-        _, idx = F.max_pool2d(x, kernel, stride, return_indices=True)
-        check(F.max_pool2d_backward(dy, x, kernel, stride, indices=idx), dx_ref)  # device indices
-        check(F.max_pool2d_backward(dy, x, kernel, stride, indices=idx_ref), dx_ref)  # host indices
-        check(F.max_pool2d_backward(dy, x, kernel, stride), dx_ref)  # recomputed
-
-
-def test_max_pool2d_ties_first_max_wins():
-    x = np.array([[1, 3, 3, 0],
-                  [3, 2, 3, 3],
-                  [0, 3, 1, 3]], np.float32)[None, None]
-    (y, idx), (y_ref, idx_ref) = both(F.max_pool2d, x, 2, 1, return_indices=True)
-    check(y, y_ref, exact=True)
-    check(idx, idx_ref, exact=True)
-    np.testing.assert_array_equal(host(idx)[0, 0], [[1, 1, 2], [4, 6, 6]])  # row-major first maximum
-    dy = normal(4, y_ref.shape)
-    dx, dx_ref = both(F.max_pool2d_backward, dy, x, 2, 1)
-    check(dx, dx_ref)
-
-
-def test_max_pool2d_many_ties():
-    x = np.random.default_rng(5).integers(0, 3, (2, 2, 7, 7)).astype(np.float32)
-    (y, idx), (y_ref, idx_ref) = both(F.max_pool2d, x, 3, 2, return_indices=True)
-    check(y, y_ref, exact=True)
-    check(idx, idx_ref, exact=True)
-    dx, dx_ref = both(F.max_pool2d_backward, normal(6, y_ref.shape), x, 3, 2, indices=idx_ref)
-    check(dx, dx_ref)
-
-
-@pytest.mark.parametrize("shape,kernel,stride", POOL_CASES)
-def test_avg_pool2d(shape, kernel, stride):
-    x = normal(7, shape)
-    y, y_ref = both(F.avg_pool2d, x, kernel, stride)
-    check(y, y_ref)
-    dx, dx_ref = both(F.avg_pool2d_backward, normal(8, y_ref.shape), x, kernel, stride)
-    check(dx, dx_ref)
 
 
 # --------------------------------------------------------------------------- elementwise
@@ -242,14 +159,7 @@ def test_dropout_eval_and_p0_pass_through():
 # --------------------------------------------------------------------------- float64 (numba specializes per dtype)
 
 def test_float64():
-    x = distinct(40, (1, 2, 5, 7), np.float64)
-    (y, idx), (y_ref, idx_ref) = both(F.max_pool2d, x, 2, 2, return_indices=True)
-    check(y, y_ref, exact=True)
-    check(idx, idx_ref, exact=True)
-    dy = normal(41, y_ref.shape, np.float64)
-    check(*both(F.max_pool2d_backward, dy, x, 2, 2, indices=idx_ref))
-    check(*both(F.avg_pool2d, x, 3, 2))
-    check(*both(F.avg_pool2d_backward, normal(42, (1, 2, 2, 3), np.float64), x, 3, 2))
+    x = normal(40, (1, 2, 5, 7), np.float64)
     check(*both(F.relu, x), exact=True)
     check(*both(F.relu_backward, normal(43, x.shape, np.float64), x), exact=True)
     check(*both(F.add, x, x))

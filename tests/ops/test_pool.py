@@ -1,0 +1,229 @@
+"""The pool family (max_pool2d, relu_max_pool2d, avg_pool2d and their backwards; kernels/pool.cu,
+gpucnn/backends/*/pool.py) on every backend.
+
+NumPy against the loop oracle of tests/oracle.py (float32 and float64, plus float64 central differences),
+Numba (simulator) and CuPy (emulator) against NumPy. Max pooling reads distinct values (no ties) or few
+values (many ties: the first maximum of a window wins, row-major, as in PyTorch).
+"""
+import numpy as np
+import pytest
+
+import oracle as O
+from helpers import EMU, HOST, SIM, assert_close, check_grad, grid, on, ref
+
+F32, F64 = np.float32, np.float64
+DTYPES = {"numpy": (F32, F64), "numba": (F32,), "cupy": (F32,)}
+# against the float64 oracle: float32 loosely, float64 tightly; against the NumPy backend: as it computes
+ORACLE_TOL = {F32: dict(rtol=1e-4, atol=1e-4), F64: dict(rtol=1e-10, atol=1e-10)}
+BACKEND_TOL = {F32: dict(rtol=1e-5, atol=1e-6), F64: dict(rtol=1e-12, atol=1e-12)}
+GRAD = dict(rtol=1e-6, atol=1e-7)  # float64 central differences
+EXACT = dict(rtol=0, atol=0)
+
+
+def case_id(shape, k, s):
+    return f"{'x'.join(map(str, shape))}_k{k}_s{s}".replace(" ", "")
+
+
+def cases(*rows):
+    return {case_id(*c): (c, backends, *own) for c, backends, *own in rows}
+
+
+# (x shape, kernel, stride (None: = kernel)): odd and non-divisible sizes (floor leftovers), N=1, C=1,
+# square and non-square windows, strides 1-3, overlapping and gapped windows, a window = the whole plane
+POOL_CASES = cases(
+    (((1, 1, 4, 4), 2, None), SIM),
+    (((2, 3, 5, 7), 2, None), HOST),          # floor: last row/col unused
+    (((1, 2, 6, 6), 3, 2), HOST),             # overlapping windows
+    (((2, 1, 7, 5), (2, 3), (1, 2)), HOST),
+    (((1, 1, 5, 5), 3, 1), HOST),
+    (((1, 2, 4, 6), (1, 2), None), HOST),
+    (((1, 1, 3, 3), 3, None), HOST),          # one window = whole plane
+    (((2, 2, 9, 8), 3, 3), HOST),
+    (((1, 1, 8, 7), 2, 3), HOST),             # stride > kernel: gaps
+    (((1, 1, 1, 6), (1, 3), (1, 2)), HOST),
+    (((2, 3, 7, 9), 3, 2), SIM),
+    (((1, 2, 8, 7), (2, 3), 1), SIM),
+    (((2, 1, 9, 8), 3, 3), SIM),
+    (((1, 3, 5, 6), (3, 2), (2, 1)), SIM),
+    (((2, 2, 3, 3), 3, 1), SIM),
+    (((1, 2, 7, 5), 2, 3), SIM),
+    (((1, 2, 5, 7), 2, 2), SIM, {"numba": (F32, F64)}),  # numba specializes per dtype
+    (((1, 2, 5, 7), 3, 2), SIM, {"numba": (F32, F64)}),
+    (((1, 1, 2, 2), 2, None), EMU),
+    (((2, 3, 7, 7), 2, None), EMU),
+    (((1, 2, 9, 6), 3, 2), EMU),
+    (((2, 2, 8, 11), (2, 3), (1, 2)), EMU),
+    (((1, 3, 10, 9), (3, 2), (3, 3)), EMU),
+    (((3, 1, 5, 5), 1, None), EMU),
+    (((2, 4, 13, 12), 2, 1), EMU),            # 2*4*12*11 = 1056 outputs: more than one 256-thread block
+    (((1, 1, 6, 5), (4, 5), 1), EMU),
+)
+# many equal maxima per window: the cases of POOL_CASES the simulator also runs with ties, and one more
+TIE_CASES = {**{cid: (c, be if be != SIM else EMU, *own) for cid, (c, be, *own) in POOL_CASES.items()},
+             **cases((((2, 2, 7, 7), 3, 2), SIM))}
+# float64 central differences, on the NumPy backend: the small inputs (round-off grows with the sum of a large one)
+FD_CASES = {cid: (c, HOST) for cid, (c, _, *_) in POOL_CASES.items() if np.prod(c[0]) <= 300}
+
+
+def distinct(rng, shape, dtype):
+    """Distinct values 0.25 apart (a shuffled arange): no ties in max pooling, FD-safe (eps << gap)."""
+    size = int(np.prod(shape))
+    return ((rng.permutation(size) - size / 2) * 0.25).reshape(shape).astype(dtype)
+
+
+def few(rng, shape, dtype):
+    """Few distinct values: many windows hold their maximum more than once."""
+    return rng.integers(-2, 3, shape).astype(dtype)
+
+
+def normal(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def tol(be, dtype):
+    return ORACLE_TOL[dtype] if be.reference else BACKEND_TOL[dtype]
+
+
+def check_max_pool(be, case, dtype, x, rng):
+    shape, k, s = case
+    y, idx = be.run("max_pool2d", x, k, s, return_indices=True)
+    if be.reference:
+        y_want, idx_want = O.max_pool2d(x, k, s)
+    else:
+        y_want, idx_want = ref("max_pool2d", x, k, s, return_indices=True)
+    y_got, idx_got = be.host(y), be.host(idx)
+    assert y_got.dtype == dtype and idx_got.dtype == np.int64
+    assert_close(y_got, y_want, **EXACT, name="y")
+    assert_close(idx_got, idx_want, **EXACT, name="indices")
+    assert_close(be.host(be.run("max_pool2d", x, k, s)), y_want, **EXACT, name="y without indices")
+
+    dy = normal(rng, y_want.shape, dtype)
+    want = O.max_pool2d_backward(dy, x, k, s) if be.reference else ref("max_pool2d_backward", dy, x, k, s,
+                                                                      indices=idx_want)
+    variants = {"own indices": idx, "recomputed": None, "host indices": idx_want}
+    if be.name == "cupy":  # int32 indices: the <int> instance; other integer types: converted to int64
+        variants.update({"int32 indices": idx_got.astype(np.int32), "int16 indices": idx_got.astype(np.int16)})
+    for what, indices in variants.items():
+        dx = be.host(be.run("max_pool2d_backward", dy, x, k, s, indices=indices))
+        assert dx.dtype == dtype
+        assert_close(dx, want, **tol(be, dtype), name=f"dx ({what})")
+
+
+@pytest.mark.parametrize("be,case,dtype", grid(POOL_CASES, DTYPES))
+def test_max_pool2d(be, case, dtype):
+    rng = np.random.default_rng(4)
+    check_max_pool(be, case, dtype, distinct(rng, case[0], dtype), rng)
+
+
+@pytest.mark.parametrize("be,case,dtype", grid(TIE_CASES, {"numpy": (F64,), "numba": (F32,), "cupy": (F32,)}))
+def test_max_pool2d_ties_go_to_first_max(be, case, dtype):
+    rng = np.random.default_rng(5)
+    check_max_pool(be, case, dtype, few(rng, case[0], dtype), rng)
+
+
+@pytest.mark.parametrize("be", on(*SIM))
+def test_max_pool2d_ties_row_major_first_max_wins(be):
+    x = np.array([[1, 3, 3, 0],
+                  [3, 2, 3, 3],
+                  [0, 3, 1, 3]], F32)[None, None]
+    y, idx = be.run("max_pool2d", x, 2, 1, return_indices=True)
+    assert_close(be.host(y)[0, 0], [[3, 3, 3], [3, 3, 3]], **EXACT)
+    assert_close(be.host(idx)[0, 0], [[1, 1, 2], [4, 6, 6]], **EXACT)  # row-major first maximum
+    dy = normal(np.random.default_rng(4), (1, 1, 2, 3), F32)
+    assert_close(be.host(be.run("max_pool2d_backward", dy, x, 2, 1)), O.max_pool2d_backward(dy, x, 2, 1),
+                 **BACKEND_TOL[F32])
+
+
+@pytest.mark.parametrize("be", on(*SIM))
+def test_max_pool2d_backward_uses_given_indices(be):
+    """Passed indices replace the search: dy goes where they point, even if that is not the max."""
+    x = distinct(np.random.default_rng(31), (1, 2, 4, 4), F32)
+    dy = np.arange(1.0, 9.0, dtype=F32).reshape(1, 2, 2, 2)
+    idx = np.array([[[[0, 3], [12, 15]], [[5, 6], [9, 10]]]])  # window corners / window centres
+    dx = be.host(be.run("max_pool2d_backward", dy, x, 2, indices=be.device(idx)))
+    expected = np.zeros((1, 2, 16))
+    for c in range(2):
+        for p in range(2):
+            for q in range(2):
+                expected[0, c, idx[0, c, p, q]] += dy[0, c, p, q]
+    assert_close(dx, expected.reshape(1, 2, 4, 4), **EXACT)
+
+
+@pytest.mark.parametrize("be,case,dtype", grid(POOL_CASES, DTYPES))
+def test_relu_max_pool2d(be, case, dtype):
+    """max_pool2d(relu(x)) in one op, indices those of max_pool2d on relu(x)."""
+    shape, k, s = case
+    x = distinct(np.random.default_rng(9), shape, dtype)
+    x.flat[::3] = -np.abs(x.flat[::3])  # plenty of negative values, some all-negative windows
+    y, idx = be.run("relu_max_pool2d", x, k, s, return_indices=True)
+    if be.reference:
+        y_want, idx_want = O.max_pool2d(O.relu(x), k, s)
+    else:
+        y_want, idx_want = ref("relu_max_pool2d", x, k, s, return_indices=True)
+    assert_close(be.host(y), y_want, **EXACT, name="y")
+    assert_close(be.host(idx), idx_want, **EXACT, name="indices")
+
+
+@pytest.mark.parametrize("be,case,dtype", grid(POOL_CASES, DTYPES))
+def test_avg_pool2d(be, case, dtype):
+    shape, k, s = case
+    rng = np.random.default_rng(7)
+    x = normal(rng, shape, dtype)
+    want = O.avg_pool2d(x, k, s) if be.reference else ref("avg_pool2d", x, k, s)
+    y = be.host(be.run("avg_pool2d", x, k, s))
+    assert y.dtype == dtype
+    assert_close(y, want, **tol(be, dtype), name="avg_pool2d")
+    dy = normal(rng, want.shape, dtype)
+    want = O.avg_pool2d_backward(dy, x, k, s) if be.reference else ref("avg_pool2d_backward", dy, x, k, s)
+    dx = be.host(be.run("avg_pool2d_backward", dy, x, k, s))
+    assert dx.dtype == dtype
+    assert_close(dx, want, **tol(be, dtype), name="avg_pool2d dx")
+
+
+@pytest.mark.parametrize("be,case", grid(FD_CASES))
+def test_max_pool2d_grad_fd(be, case):
+    shape, k, s = case
+    rng = np.random.default_rng(6)
+    x = distinct(rng, shape, F64)
+    y, idx = be.run("max_pool2d", x, k, s, return_indices=True)
+    dy = normal(rng, y.shape, F64)
+    pool = lambda x_: be.run("max_pool2d", x_, k, s)
+    check_grad(pool, [x], 0, be.run("max_pool2d_backward", dy, x, k, s), dy, **GRAD, name="dx (search)")
+    check_grad(pool, [x], 0, be.run("max_pool2d_backward", dy, x, k, s, indices=idx), dy, **GRAD,
+               name="dx (indices)")
+
+
+@pytest.mark.parametrize("be,case", grid(FD_CASES))
+def test_avg_pool2d_grad_fd(be, case):
+    shape, k, s = case
+    rng = np.random.default_rng(8)
+    x = normal(rng, shape, F64)
+    dy = normal(rng, be.run("avg_pool2d", x, k, s).shape, F64)
+    check_grad(lambda x_: be.run("avg_pool2d", x_, k, s), [x], 0, be.run("avg_pool2d_backward", dy, x, k, s), dy,
+               **GRAD)
+
+
+# --------------------------------------------------------------------------- cupy: refusals of the launchers
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+@pytest.mark.parametrize("be", on("cupy"))
+def test_cupy_pool_refuses_float64_and_strided_inputs(be, op):
+    x = normal(np.random.default_rng(1), (2, 3, 8, 8), F32)
+    with pytest.raises(TypeError, match="float32"):
+        be.run(op, x.astype(F64), 2)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        be.run(op, be.device(np.ones((2, 3, 8, 16), F32))[..., ::2], 2)
+    dy = np.ones((2, 3, 4, 4), F32)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        be.run(f"{op}_backward", be.device(np.ones((2, 3, 4, 8), F32))[..., ::2], x, 2)
+    with pytest.raises(TypeError, match="float32"):
+        be.run(f"{op}_backward", dy.astype(F64), x.astype(F64), 2)
+
+
+@pytest.mark.parametrize("be", on("cupy"))
+def test_cupy_max_pool_backward_refuses_strided_indices(be):
+    x = normal(np.random.default_rng(1), (1, 2, 4, 4), F32)
+    dy = np.ones((1, 2, 2, 2), F32)
+    idx = be.device(np.zeros((1, 2, 2, 4), np.int64))[..., ::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        be.run("max_pool2d_backward", dy, x, 2, indices=idx)

@@ -1,4 +1,4 @@
-"""Numba kernels of the dense, batch-norm and optimizer ops against the NumPy backend.
+"""Numba kernels of the dense and batch-norm ops against the NumPy backend (softmax: tests/ops/test_softmax.py).
 
 Runs on Numba's CUDA simulator without a GPU (tests/conftest.py sets NUMBA_ENABLE_CUDASIM=1),
 so shapes are tiny: every launch stays well under 1,000 simulated threads. Outputs start as NaN
@@ -76,58 +76,6 @@ def test_linear_rows_spanning_several_tiles():
     ref_b, nb_b = ops("linear_backward")
     for got, want, name in zip(nb_b(dy, x, w), ref_b(dy, x, w), ("dx", "dw", "db")):
         check(got, want, name=name)
-
-
-# --------------------------------------------------------------------------- softmax family
-
-@pytest.mark.parametrize("shape, scale", [((1, 1), 1.0), ((3, 5), 1.0), ((7, 10), 3.0), ((4, 6), 1e4)])
-def test_softmax_family(shape, scale):
-    rng = np.random.default_rng(len(shape) + shape[0])
-    x, dy = rand(rng, *shape, scale=scale), rand(rng, *shape)
-    if scale > 100:
-        x += np.float32(1e4)  # logits around 1e4: exp would overflow without the max subtracted
-    for op in ("softmax", "log_softmax"):
-        ref, nb = ops(op)
-        check(nb(x, 1), ref(x, 1), atol=1e-5 if op == "log_softmax" and scale > 100 else ATOL, name=op)
-    y = ops("softmax")[0](x, 1)
-    ref, nb = ops("softmax_backward")
-    check(nb(dy, y, 1), ref(dy, y, 1), name="softmax_backward")
-
-
-@pytest.mark.parametrize("shape, dim", [((5, 3), 0), ((2, 3, 2, 2), 1), ((2, 3, 4), 2)])
-def test_softmax_other_dims(shape, dim):
-    rng = np.random.default_rng(7)
-    x, dy = rand(rng, *shape), rand(rng, *shape)
-    for op in ("softmax", "log_softmax"):
-        ref, nb = ops(op)
-        check(nb(x, dim), ref(x, dim), name=op)
-    y = ops("softmax")[0](x, dim)
-    ref, nb = ops("softmax_backward")
-    check(nb(dy, y, dim), ref(dy, y, dim), name="softmax_backward")
-
-
-@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
-@pytest.mark.parametrize("n, classes, scale", [(1, 1, 1.0), (3, 4, 1.0), (7, 10, 3.0), (5, 6, 1e4)])
-def test_softmax_cross_entropy(label_dtype, n, classes, scale):
-    rng = np.random.default_rng(n + classes)
-    logits = rand(rng, n, classes, scale=scale)
-    labels = rng.integers(0, classes, n).astype(label_dtype)
-    ref, nb = ops("softmax_cross_entropy")
-    loss, dlogits = nb(logits, labels)
-    want_loss, want_d = ref(logits, labels)
-    # with logits ~1e4 the loss itself is ~1e4: float32 rounding of (x - max) sets the tolerance
-    check(loss, want_loss, rtol=RTOL, atol=ATOL, name="loss")
-    check(dlogits, want_d, name="dlogits")
-    assert np.isfinite(host(loss)) and np.isfinite(host(dlogits)).all()
-
-
-def test_softmax_cross_entropy_float64():
-    rng = np.random.default_rng(3)
-    logits, labels = rand(rng, 6, 5, dtype=np.float64), rng.integers(0, 5, 6)
-    ref, nb = ops("softmax_cross_entropy")
-    (loss, d), (want_loss, want_d) = nb(logits, labels), ref(logits, labels)
-    check(loss, want_loss, rtol=1e-12, atol=1e-12, name="loss")
-    check(d, want_d, rtol=1e-12, atol=1e-12, name="dlogits")
 
 
 # --------------------------------------------------------------------------- batch norm
@@ -255,19 +203,6 @@ def test_linear_gpu_tile_in_the_simulator(gpu_geometry):
         ("make_matmul", t, (2, 2, 1), (t, t, 1)),  # dw (18, 20), depth 5
         ("make_col_sum", t, (2, 1, 1), (t, _common.SUM_LANES, 1)),  # db (18,)
     ], launches
-
-
-def test_softmax_cross_entropy_gpu_tile_in_the_simulator(gpu_geometry):
-    n, classes = 19, 7  # the batch mean: one 16-column block whose lanes stride over 19 rows
-    rng = np.random.default_rng(22)
-    logits, labels = rand(rng, n, classes, scale=3.0), rng.integers(0, classes, n)
-    ref, nb = ops("softmax_cross_entropy")
-    (loss, d), (want_loss, want_d) = nb(logits, labels), ref(logits, labels)
-    check(loss, want_loss, name="loss")
-    check(d, want_d, name="dlogits")
-    t = _common.GPU_TILE
-    assert [(f, c["tile"], g, blk) for f, c, g, blk in gpu_geometry] == [
-        ("make_col_sum", t, (1, 1, 1), (t, _common.SUM_LANES, 1))]
 
 
 def test_batch_norm_gpu_threads_in_the_simulator(monkeypatch):

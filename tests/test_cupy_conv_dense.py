@@ -1,5 +1,5 @@
-"""The cupy backend's convolution and linear kernels (kernels/conv.cu, dense.cu on gemm.cuh) against
-the NumPy backend, in exact FP32 and in TF32 mode.
+"""The cupy backend's convolution kernels (kernels/conv.cu on gemm.cuh) against the NumPy backend, in exact
+FP32 and in TF32 mode (linear: tests/ops/test_dense.py).
 
 Without a GPU the kernels run emulated on the CPU (see tests/cupy_support.py); outputs are NaN-poisoned.
 """
@@ -113,33 +113,6 @@ def test_tf32_mode_multiplies_tf32_rounded_inputs(case):
         assert_close(host(a), e, rtol=0, atol=2e-3 * np.abs(e).max(), name=f"tf32 {name}")
 
 
-LINEAR_CASES = [(5, 37, 11), (1, 1, 1), (3, 8, 2), (130, 200, 70), (256, 64, 10), (7, 129, 257)]
-
-
-@pytest.mark.parametrize("n,i,o", LINEAR_CASES)
-def test_linear_matches_numpy(n, i, o):
-    rng = np.random.default_rng(n * i + o)
-    x = rng.standard_normal((n, i)).astype(np.float32)
-    w = (rng.standard_normal((o, i)) / np.sqrt(i)).astype(np.float32)
-    b = rng.standard_normal(o).astype(np.float32)
-    assert_close(host(run("linear", x, w, b)), ref("linear", x, w, b), **tol(i))
-    assert_close(host(run("linear", x, w, None)), ref("linear", x, w, None), **tol(i))
-    dy = rng.standard_normal((n, o)).astype(np.float32)
-    for name, a, e, red in zip(("dx", "dw", "db"), run("linear_backward", dy, x, w), ref("linear_backward", dy, x, w),
-                               (o, n, n)):
-        assert_close(host(a), e, **tol(red), name=name)
-
-
-def test_linear_misaligned_input_takes_the_scalar_path():
-    """A contiguous but not 16-byte-aligned x must not be read with float4 loads (a GPU would fault)."""
-    rng = np.random.default_rng(9)
-    buf = device(rng.standard_normal(1 + 6 * 16).astype(np.float32))
-    x = buf[1:].reshape(6, 16)
-    assert x.flags.c_contiguous and x.data.ptr % 16
-    w = rng.standard_normal((5, 16)).astype(np.float32)
-    assert_close(host(run("linear", x, w, None)), ref("linear", host(x), w, None), **tol(16))
-
-
 def test_bad_inputs_are_refused_before_launch():
     x, w, b, stride, padding = inputs(CASES[1], 10)
     with pytest.raises(TypeError, match="float32"):
@@ -147,8 +120,6 @@ def test_bad_inputs_are_refused_before_launch():
     wide = device(np.zeros((w.shape[0], w.shape[1], w.shape[2], 2 * w.shape[3]), np.float32))
     with pytest.raises(ValueError, match="C-contiguous"):
         run("conv2d", x, wide[..., ::2], b, stride, padding)
-    with pytest.raises(TypeError, match="float32"):
-        run("linear", np.ones((2, 3)), np.ones((4, 3)), None)
 
 
 # cifar10_vgg's and mnist_cnn's convolutions (3x3, 'same'), batch 8: too big for the emulator, run on a GPU.

@@ -148,27 +148,6 @@ def test_valid_padding_is_zero_padding():
     assert F.conv2d(x, w, padding="valid").shape == (1, 3, 5, 5)
 
 
-# ============================================================================= linear
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,i,o", [(1, 1, 1), (3, 5, 4), (7, 2, 3), (1, 9, 2), (4, 3, 1)])
-def test_linear(n, i, o, dtype):
-    rng = np.random.default_rng(13)
-    x, w, b = rand(rng, (n, i), dtype), rand(rng, (o, i), dtype), rand(rng, (o,), dtype)
-    for bias in (b, None):
-        y = F.linear(x, w, bias)
-        assert y.dtype == dtype
-        assert_close(y, O.linear(x, w, bias), **TOL[dtype], name="linear")
-    dy = rand(rng, (n, o), dtype)
-    grads = F.linear_backward(dy, x, w)
-    for got, ref, name in zip(grads, O.linear_backward(dy, x, w), ("dx", "dw", "db")):
-        assert got.dtype == dtype
-        assert_close(got, ref, **TOL[dtype], name=name)
-    if dtype == F64:
-        for k, name in enumerate(("dx", "dw", "db")):
-            check_grad(F.linear, [x, w, b], k, grads[k], dy, **GRAD, name=name)
-
-
 # ============================================================================= batch norm
 BN_SHAPES = [(6, 3), (4, 2, 3, 3), (2, 3, 1, 1), (1, 2, 2, 3), (3, 1)]
 

@@ -1,4 +1,4 @@
-"""Numba kernels of the dense and batch-norm ops against the NumPy backend (softmax: tests/ops/test_softmax.py).
+"""Numba kernels of the batch-norm ops against the NumPy backend (dense, softmax: tests/ops/).
 
 Runs on Numba's CUDA simulator without a GPU (tests/conftest.py sets NUMBA_ENABLE_CUDASIM=1),
 so shapes are tiny: every launch stays well under 1,000 simulated threads. Outputs start as NaN
@@ -45,37 +45,6 @@ def rand(rng, *shape, dtype=np.float32, scale=1.0):
 def dev(a):
     """A host array copied to the device by the numba backend's asarray."""
     return backend.get_backend("numba").asarray(a)
-
-
-# --------------------------------------------------------------------------- linear
-
-@pytest.mark.parametrize("n", [1, 3, 7])
-@pytest.mark.parametrize("i", [1, 5, 13])
-@pytest.mark.parametrize("o", [1, 4, 9])
-def test_linear_forward_and_backward(n, i, o):
-    rng = np.random.default_rng(n * 100 + i * 10 + o)
-    x, w, b, dy = rand(rng, n, i), rand(rng, o, i), rand(rng, o), rand(rng, n, o)
-    ref, nb = ops("linear")
-    check(nb(x, w, b, (n, o)), ref(x, w, b, (n, o)), name="y with bias")
-    check(nb(x, w, None, (n, o)), ref(x, w, None, (n, o)), name="y without bias")
-    ref_b, nb_b = ops("linear_backward")
-    for got, want, name in zip(nb_b(dy, x, w), ref_b(dy, x, w), ("dx", "dw", "db")):
-        check(got, want, name=name)
-
-
-def test_linear_float64_and_device_inputs():
-    rng = np.random.default_rng(1)
-    x, w, b = rand(rng, 7, 13, dtype=np.float64), rand(rng, 9, 13, dtype=np.float64), rand(rng, 9, dtype=np.float64)
-    ref, nb = ops("linear")
-    check(nb(dev(x), dev(w), dev(b), (7, 9)), ref(x, w, b, (7, 9)), rtol=1e-12, atol=1e-12)
-
-
-def test_linear_rows_spanning_several_tiles():
-    rng = np.random.default_rng(2)
-    x, w, dy = rand(rng, 17, 19), rand(rng, 3, 19), rand(rng, 17, 3)
-    ref_b, nb_b = ops("linear_backward")
-    for got, want, name in zip(nb_b(dy, x, w), ref_b(dy, x, w), ("dx", "dw", "db")):
-        check(got, want, name=name)
 
 
 # --------------------------------------------------------------------------- batch norm
@@ -130,22 +99,6 @@ def test_batch_norm_refuses_host_running_stats_in_training():
         nb(x, np.zeros(2, np.float32), np.ones(2, np.float32), None, None, True, 0.1, 1e-5)
 
 
-# --------------------------------------------------------------------------- through the op API
-
-def test_functional_api_on_numba():
-    rng = np.random.default_rng(13)
-    x, w, b, labels = rand(rng, 3, 5), rand(rng, 4, 5), rand(rng, 4), np.array([0, 3, 1])
-    want_y = F.linear(x, w, b)
-    want_loss, want_d = F.softmax_cross_entropy(want_y, labels)
-    with gpucnn.use_backend("numba"):
-        y = F.linear(F.asarray(x), F.asarray(w), F.asarray(b))
-        loss, d = F.softmax_cross_entropy(y, labels)
-        check(y, want_y, name="y")
-        check(loss, want_loss, name="loss")
-        check(d, want_d, name="dlogits")
-        assert isinstance(float(F.to_numpy(loss)), float)
-
-
 # --------------------------------------------------------------------------- the GPU geometry in the simulator
 
 # The simulator runs the dense kernels with _common.SIM_TILE (8) and batch norm with 64-thread blocks, a GPU
@@ -169,40 +122,6 @@ class _LaunchSpy:
         grid, block = (tuple(np.atleast_1d(c).tolist() + [1] * (3 - np.size(c))) for c in config[:2])  # 3-D
         self.log.append((self.factory, _closure(self.kernel), grid, block))
         return self.kernel[config]
-
-
-@pytest.fixture
-def gpu_geometry(monkeypatch):
-    """_common.TILE = GPU_TILE for the test; returns the list of launches made through `specialize`."""
-    log = []
-    real = _common.specialize
-
-    def spy(cache, factory, dtype, *params):
-        return _LaunchSpy(real(cache, factory, dtype, *params), factory.__name__, log)
-
-    monkeypatch.setattr(_common, "TILE", _common.GPU_TILE)
-    monkeypatch.setattr(_common, "specialize", spy)
-    return log
-
-
-def test_linear_gpu_tile_in_the_simulator(gpu_geometry):
-    t = _common.GPU_TILE
-    assert t != _common.SIM_TILE and t == 16
-    n, i, o = 5, 20, 18  # none a multiple of 16; out (o) and depth (i) span two tiles
-    rng = np.random.default_rng(21)
-    x, w, b, dy = rand(rng, n, i), rand(rng, o, i), rand(rng, o), rand(rng, n, o)
-    ref, nb = ops("linear")
-    check(nb(x, w, b, (n, o)), ref(x, w, b, (n, o)), name="y")
-    ref_b, nb_b = ops("linear_backward")
-    for got, want, name in zip(nb_b(dy, x, w), ref_b(dy, x, w), ("dx", "dw", "db")):
-        check(got, want, name=name)
-    launches = [(f, c["tile"], g, blk) for f, c, g, blk in gpu_geometry]
-    assert launches == [
-        ("make_matmul", t, (2, 1, 1), (t, t, 1)),  # y (5, 18), depth 20
-        ("make_matmul", t, (2, 1, 1), (t, t, 1)),  # dx (5, 20), depth 18
-        ("make_matmul", t, (2, 2, 1), (t, t, 1)),  # dw (18, 20), depth 5
-        ("make_col_sum", t, (2, 1, 1), (t, _common.SUM_LANES, 1)),  # db (18,)
-    ], launches
 
 
 def test_batch_norm_gpu_threads_in_the_simulator(monkeypatch):

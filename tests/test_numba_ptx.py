@@ -1,7 +1,7 @@
 """Every Numba kernel compiled to real PTX (float32), checked for double precision.
 
-tests/test_numba_dense_norm_optim.py checks the dense/norm/optim kernels at Numba's typing and
-LLVM-IR level; this goes one step further, through NVVM to PTX, for the kernels of all seven modules
+test_kernels_type_for_cuda_without_float64 (below) checks the dense/softmax/norm/optim kernels at Numba's
+typing and LLVM-IR level; test_float32_kernels_compile_to_ptx_without_float64 goes one step further, through NVVM to PTX, for the kernels of all seven modules
 (elementwise, pool, conv, dense, softmax, norm, optim, plus _common's fill and col_sum kernels): any `.f64` instruction
 or `%fd` register in a float32 kernel's PTX fails the test, naming the kernel and its first
 offending lines. No GPU is needed: `numba.cuda.compile_ptx` only needs NVVM/NVRTC (e.g. the PyPI
@@ -197,3 +197,64 @@ def test_float32_kernels_compile_to_ptx_without_float64():
     assert not offenders, "float64 in the PTX of float32 kernels:\n" + "\n".join(
         f"{r['module']}.{r['kernel']}: {r['f64_count']} lines, e.g.\n    " + "\n    ".join(r["f64_lines"])
         for r in offenders)
+
+
+# --------------------------------------------------------------------------- float32 discipline
+
+# Types every kernel for the real CUDA target (Numba's typing and LLVM lowering: no GPU, driver or
+# NVVM needed) with float32 arrays and scalars, and fails on any float64 variable or `double` in the
+# IR; float64 arrays must type too. Runs in a subprocess: under the simulator numba.cuda has no compiler.
+_TYPE_CHECK = r'''
+import re, sys, types as pytypes
+try:
+    import numba
+    from numba import types as T
+    from numba.cuda import compiler
+    import numba.cuda.dispatcher as disp
+    compiler.compile_cuda
+except (ImportError, AttributeError) as e:
+    print("SKIP: numba.cuda.compiler.compile_cuda is not available:", e); sys.exit(0)
+disp.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(8, 0))  # device functions ask
+from gpucnn.backends.numba import _common, dense, softmax, norm, optim
+
+bad = []
+for fl, nbt in ((T.float32, numba.float32), (T.float64, numba.float64)):
+    b, i = T.boolean, T.int64
+    A1, A2 = T.Array(fl, 1, "C"), T.Array(fl, 2, "C")
+    cases = {
+        "matmul": (dense.make_matmul(nbt), (A2, A2, A1, A2, b, b, b, fl)),
+        "col_sum": (_common.make_col_sum(nbt), (A2, A1, fl, fl)),
+        "softmax_rows": (softmax.softmax_rows, (A1, A1, i, i, b, fl)),
+        "softmax_bwd_rows": (softmax.softmax_bwd_rows, (A1, A1, A1, i, i, fl)),
+        "softmax_xent int64": (softmax.softmax_xent, (A2, T.Array(T.int64, 1, "C"), A2, A2,
+                                                      T.Array(T.int32, 1, "C"), fl, fl, fl)),
+        "softmax_xent int32": (softmax.softmax_xent, (A2, T.Array(T.int32, 1, "C"), A2, A2,
+                                                      T.Array(T.int32, 1, "C"), fl, fl, fl)),
+        "bn_fwd_stats": (norm.make_bn_fwd_stats(nbt), (A1, i, i) + (fl,) * 5 + (b, b) + (A1,) * 4 + (fl, fl)),
+        "bn_fwd_eval_stats": (norm.bn_fwd_eval_stats, (A1, A1, fl, fl, A1, A1)),
+        "bn_fwd_apply": (norm.bn_fwd_apply, (A1,) * 5 + (b, b, i, i, A1)),
+        "bn_bwd_reduce": (norm.make_bn_bwd_reduce(nbt), (A1,) * 5 + (b, i, i, fl, fl, fl) + (A1,) * 4),
+        "bn_bwd_dx": (norm.bn_bwd_dx, (A1,) * 5 + (b, A1, A1, b, i, i, A1)),
+        "sgd_update": (optim.sgd_update, (A1, A1, A1) + (fl,) * 4 + (b,) * 4),
+        "adam_update": (optim.adam_update, (A1,) * 4 + (fl,) * 8 + (b,)),
+    }
+    for name, (kernel, sig) in cases.items():
+        cres = compiler.compile_cuda(getattr(kernel, "py_func", kernel), T.void, sig, cc=(8, 0))
+        if fl == T.float32:
+            f64 = sorted(v for v, t in cres.type_annotation.typemap.items() if t == T.float64)
+            doubles = len(re.findall(r"\bdouble\b", cres.library.get_llvm_str()))
+            if f64 or doubles:
+                bad.append(f"{name}: float64 values {f64}, {doubles} 'double' in the LLVM IR")
+print("\n".join(bad) if bad else "OK")
+sys.exit(1 if bad else 0)
+'''
+
+
+def test_kernels_type_for_cuda_without_float64():
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    proc = subprocess.run([sys.executable, "-c", _TYPE_CHECK], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=120)
+    if proc.stdout.startswith("SKIP"):
+        pytest.skip(proc.stdout.strip())
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert proc.stdout.strip() == "OK"

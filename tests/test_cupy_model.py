@@ -56,7 +56,7 @@ def test_tf32_mode_gives_close_gradients():
     (softmax minus one-hot, rows summing to zero) makes every data gradient a small difference of
     larger terms, so the hidden layers' gradients move by about 5-6 % (norm-wise, measured) while the
     loss agrees to 1e-5; each TF32 GEMM alone is exact to the TF32-rounded products
-    (tests/test_cupy_conv_dense.py)."""
+    (tests/ops/test_conv.py)."""
     x, y = batch()
     l32, g32 = grads_after_one_step("cupy", x, y)
     with gpucnn.config.tf32(True):

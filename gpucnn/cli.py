@@ -92,11 +92,34 @@ def _check_save_path(path: str) -> None:
 
 def cmd_train(args) -> int:
     _check_train_args(args)
+    if not args.distributed:
+        return _train(args, None)
+    from . import distributed as dist
+    try:
+        rank, size = dist.init()
+    except dist.DistributedError as e:
+        raise CLIError(str(e)) from None
+    _require(args.batch_size % size == 0,
+             f"--batch-size {args.batch_size} is the global batch and must divide evenly over the {size} ranks "
+             f"(give a multiple of {size})")
+    if rank == 0:  # a rank killed outright cannot speak: mpiexec names its PID, this line the rank
+        print(f"gpucnn: {size} ranks (rank=pid@host): {dist.rank_map()}", file=sys.stderr, flush=True)
+    with dist.guard():  # an exception on any rank: 'gpucnn: error: rank R failed: ...' and every rank aborts
+        try:
+            return _train(args, dist)
+        except dist.DistributedError as e:  # raised alike on every rank (a different model or dataset)
+            raise CLIError(str(e)) from None
+
+
+def _train(args, dist) -> int:
+    """gpucnn train; dist: gpucnn.distributed under --distributed (every rank trains, rank 0 reports and saves)."""
     from contextlib import nullcontext
 
     import gpucnn
     from . import models
     from ._blas import blas_threads
+    lead = dist is None or dist.rank() == 0
+    say = print if lead else (lambda *a, **k: None)
     start = time.perf_counter()
     backend = gpucnn.use_backend(args.backend).name
     x_train, x_test, y_train, y_test = _load_dataset(args.dataset, args.seed)
@@ -108,26 +131,35 @@ def cmd_train(args) -> int:
     momentum = 0.9 if args.momentum is None else args.momentum
     opt = gpucnn.Adam(lr=args.lr) if args.optimizer == "adam" else gpucnn.SGD(lr=args.lr, momentum=momentum)
     model.compile(opt)
-    if args.threads:
+    threads = args.threads
+    if dist is not None and not threads:  # ranks sharing a machine share its cores: no oversubscription
+        threads = max(1, len(os.sched_getaffinity(0)) // dist.local_size()) if hasattr(os, "sched_getaffinity") \
+            else max(1, (os.cpu_count() or 1) // dist.local_size())
+    if threads:
         from threadpoolctl import threadpool_limits
-        limits = threadpool_limits(limits=args.threads)
+        limits = threadpool_limits(limits=threads)
     else:
         limits = nullcontext()
     with limits:
         threads = blas_threads()
         blas = f", {threads} BLAS thread{'s' if threads != 1 else ''}" if threads else ""
-        print(f"training {name} on {args.dataset[0]} ({len(x_train)} train / {len(x_test)} test) with {opt} "
-              f"on the {backend} backend{blas}", flush=True)
+        ranks = ""
+        if dist is not None:
+            comm = dist.communicator()
+            ranks = (f", {dist.size()} ranks over {comm.kind.upper()} (global batch {args.batch_size}, "
+                     f"{args.batch_size // dist.size()} per rank)")
+        say(f"training {name} on {args.dataset[0]} ({len(x_train)} train / {len(x_test)} test) with {opt} "
+            f"on the {backend} backend{blas}{ranks}", flush=True)
         model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                  verbose=args.verbose)
-        if args.save:
+                  verbose=args.verbose if lead else 0, distributed=dist is not None)
+        if args.save and lead:  # only rank 0 writes
             from pathlib import Path
             Path(args.save).absolute().parent.mkdir(parents=True, exist_ok=True)
             model.save(args.save)
-            print(f"saved to {args.save}")
-        loss, acc = model.evaluate(x_test, y_test)
-    print(f"{time.perf_counter() - start:.1f} s in all")
-    print(f"test accuracy: {acc:.4f} ({round(acc * len(x_test))}/{len(x_test)} held out), test loss: {loss:.4f}")
+            say(f"saved to {args.save}")
+        loss, acc = model.evaluate(x_test, y_test) if dist is None else dist.evaluate(model, x_test, y_test)
+    say(f"{time.perf_counter() - start:.1f} s in all")
+    say(f"test accuracy: {acc:.4f} ({round(acc * len(x_test))}/{len(x_test)} held out), test loss: {loss:.4f}")
     return 0
 
 
@@ -149,6 +181,9 @@ def cmd_info(args) -> int:
     from ._driver import describe as driver
     print(f"blas   {describe()} (numpy {np.__version__}; gpucnn train --threads N sets the threads)")
     print(f"cuda   {driver()}")
+    from .distributed import mpi_describe, nccl_describe
+    print(f"mpi    {mpi_describe()} (gpucnn train --distributed under mpiexec; pip install -e '.[mpi]')")
+    print(f"nccl   {nccl_describe()} (gradients of GPU arrays under --distributed)")
     return 0
 
 
@@ -334,10 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save", metavar="PATH", help="write the trained model (.npz); checked before training, "
                                                   "missing folders are made")
     t.add_argument("--threads", type=int, metavar="N", help="BLAS/OpenMP threads for the run (threadpoolctl; "
-                                                           "default: the library's own, see gpucnn info)")
+                                                           "default: the library's own, see gpucnn info; under "
+                                                           "--distributed the cores over the ranks on the machine)")
     t.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                    help="0 silent, 1 progress bar (a line an epoch when stderr is not a terminal), 2 a line an "
                         "epoch on stdout")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of an MPI job: mpiexec -n N gpucnn train --distributed "
+                        "(--batch-size is then the global batch, a multiple of N; see README, Distributed training)")
     t.set_defaults(func=cmd_train)
 
     s = add("summary", help="print a zoo model's Keras-style summary")

@@ -400,8 +400,23 @@ class Dropout(Layer):
     def build(self, rng, dtype):
         self._rng = np.random.default_rng(rng.integers(2**63))
 
+    # Data-parallel training (gpucnn.distributed) sets rows = (offset, global batch size): this rank's batch
+    # is rows offset.. of the step's global batch. The step's seed is drawn as in one process, the mask is
+    # drawn on the host for the global batch's first offset + len(x) rows and this rank keeps its own rows,
+    # so a sample's mask depends on the seed, the step and its place in the global batch, not on the rank
+    # or the number of ranks (NumPy's generator fills in order: the first rows of a longer draw are the
+    # shorter draw, and on the NumPy backend one rank's mask is exactly F.dropout's).
+    rows = None
+
     def forward(self, x, training=False):
         seed = int(self._rng.integers(2**63)) if training else None
+        if training and self.rows is not None and self.rate > 0:
+            offset, _ = self.rows
+            dtype = np.dtype(x.dtype)
+            keep = np.random.default_rng(seed).random((offset + x.shape[0],) + tuple(x.shape[1:]), dtype=dtype)
+            mask = (keep[offset:] >= self.rate).astype(dtype) / dtype.type(1 - self.rate)
+            self._mask = F.asarray(mask)
+            return F.dropout_backward(x, self._mask)
         y, self._mask = F.dropout(x, self.rate, training=training, seed=seed)
         return y
 

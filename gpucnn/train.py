@@ -85,8 +85,18 @@ def _live_bar() -> bool:
 
 
 def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0, shuffle=True, seed=None,
-        verbose=1, cuda_graph=False) -> History:
+        verbose=1, cuda_graph=False, distributed=False, bucket_bytes=None) -> History:
     """Train `model` on host arrays x (N, ...) and labels y; returns a History.
+
+    distributed=True (under mpiexec, see gpucnn.distributed): data-parallel over the MPI job's ranks.
+    Every rank must call fit with the same model, data and arguments; batch_size is the global batch
+    (divisible by the number of ranks), every rank starts from rank 0's weights, takes its contiguous
+    share of each global batch of the seeded epoch order, and the gradients are averaged (in buckets of
+    about bucket_bytes, overlapping the backward pass) before the optimizer step; loss, accuracy and the
+    validation figures are reduced over ranks and only rank 0 reports. Dropout masks depend on the step
+    and the sample's place in the global batch, not on the rank, so the trained model is the same for
+    any number of ranks (to float rounding). BatchNorm2D keeps per-rank batch statistics (as PyTorch's
+    DistributedDataParallel); its running statistics are those of each rank's own batches.
 
     cuda_graph=True (cupy backend, models without Dropout): full batches run as one captured CUDA
     graph, replayed with no allocation and no host synchronization per step; loss and accuracy are
@@ -105,6 +115,19 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_s
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     if model.optimizer is None:
         model.compile("adam")
+    ddp = None
+    if distributed:
+        from . import distributed as dist
+        if cuda_graph:
+            raise ValueError("fit: cuda_graph=True and distributed=True do not go together (yet)")
+        dist.init(model, (x, y))
+        if batch_size % dist.size():
+            raise ValueError(f"fit: batch_size {batch_size} is the global batch and must divide evenly over the "
+                             f"{dist.size()} ranks (a multiple of {dist.size()})")
+        dist.broadcast(model)
+        ddp = dist.DataParallel(model, **({} if bucket_bytes is None else {"bucket_bytes": bucket_bytes}))
+        if dist.rank() != 0:
+            verbose = 0
     history = History()
     rng = np.random.default_rng(seed)
     captured = None
@@ -113,13 +136,34 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_s
         captured = CapturedStep(model, batch_size)
     # a device backend with a pinned, double-buffered batch feeder gets its batches through it
     make_feeder = backend.get_backend().batch_feeder
-    feeder = make_feeder(x, y, batch_size) if make_feeder is not None else None
+    feeder = make_feeder(x, y, batch_size) if make_feeder is not None and ddp is None else None
     F.clear_label_errors()
     live = verbose == 1 and _live_bar()
+    with ddp if ddp is not None else contextlib.nullcontext():
+        _epochs(model, x, y, epochs, batch_size, validation_data, shuffle, verbose, rng, captured, feeder, live,
+                history, ddp)
+    model.history = history
+    return history
+
+
+def _shards(x, y, batch_size, order):
+    """This rank's rows of every global batch: (xb, yb, offset in the global batch, global rows)."""
+    from . import distributed as dist
+    for start in range(0, len(x), batch_size):
+        idx = order[start:start + batch_size]
+        lo, hi = dist.shard(len(idx))
+        yield x[idx[lo:hi]], y[idx[lo:hi]], lo, len(idx)  # (xb, yb, offset, global rows)
+
+
+def _epochs(model, x, y, epochs, batch_size, validation_data, shuffle, verbose, rng, captured, feeder, live, history,
+            ddp):
     for epoch in range(epochs):
         n_batches = -(-len(x) // batch_size)
         order_seed = int(rng.integers(2**63))
-        if feeder is not None:  # the order data.batches would take, fed from pinned memory
+        if ddp is not None:
+            order = np.random.default_rng(order_seed).permutation(len(x)) if shuffle else np.arange(len(x))
+            it = ((xb, yb, yb, lo, rows) for xb, yb, lo, rows in _shards(x, y, batch_size, order))
+        elif feeder is not None:  # the order data.batches would take, fed from pinned memory
             order = np.random.default_rng(order_seed).permutation(len(x)) if shuffle else np.arange(len(x))
             it = feeder.epoch(order)
         else:
@@ -127,8 +171,14 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_s
         bar = tqdm(it, total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not live, leave=True)
         loss_sum, correct, seen = 0.0, 0, 0
         with captured.stream if captured is not None else contextlib.nullcontext():
-            for xb, yb, yb_host in bar:
+            for xb, yb, yb_host, *rows in bar:
                 seen += len(xb)
+                if ddp is not None:  # this rank's rows: offset in the global batch, the global batch's rows
+                    part_loss, ok = ddp.step(xb, yb, *rows)
+                    loss_sum += part_loss
+                    correct += ok
+                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", accuracy=f"{correct / max(seen, 1):.4f}")
+                    continue
                 if captured is not None and len(xb) == batch_size:
                     captured.step(xb, yb)
                     continue
@@ -144,9 +194,15 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_s
             F.check_label_errors()
         except ValueError as e:
             raise ValueError(f"fit, epoch {epoch + 1}: {e}") from None
+        if ddp is not None:  # the epoch's sums over every rank
+            from . import distributed as dist
+            loss_sum, correct, seen = dist.allreduce_sum_host([loss_sum, correct, seen])
         logs = {"loss": loss_sum / seen, "accuracy": correct / seen}
         if validation_data is not None:
-            logs["val_loss"], logs["val_accuracy"] = evaluate(model, *validation_data)
+            if ddp is not None:
+                logs["val_loss"], logs["val_accuracy"] = dist.evaluate(model, *validation_data)
+            else:
+                logs["val_loss"], logs["val_accuracy"] = evaluate(model, *validation_data)
         history.append(epoch, logs)
         line = f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items())
         if verbose == 2:

@@ -1,0 +1,270 @@
+"""gpucnn.distributed: data-parallel training over MPI (mpi4py + the mpich wheel's mpiexec), run for real
+with `mpiexec -n 2/3` in subprocesses; the NCCL path against stand-ins for cupy and cupy.cuda.nccl."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+mpi4py = pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install -e '.[mpi]')")
+MPIEXEC = shutil.which("mpiexec") or (str(Path(sys.executable).parent / "mpiexec")
+                                      if (Path(sys.executable).parent / "mpiexec").exists() else None)
+GPUCNN = Path(sys.executable).parent / "gpucnn"
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec on PATH (pip install mpich)")
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("GPUCNN_DEBUG", None)
+    env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
+    return env
+
+
+def mpirun(n, *argv, timeout=90, cwd=None, timeout_env=None):
+    """`mpiexec -n N ...` (fork launcher: no ssh in a container); returns (CompletedProcess, seconds)."""
+    cmd = [MPIEXEC, "-launcher", "fork", "-n", str(n), *map(str, argv)]
+    t0 = time.monotonic()
+    env = _env()
+    if timeout_env:
+        env["GPUCNN_DIST_TIMEOUT"] = timeout_env
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    return p, time.monotonic() - t0
+
+
+def script(tmp_path, body: str) -> Path:
+    path = tmp_path / "worker.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_allreduce_mean_matches_numpy_mean_over_ranks(tmp_path):
+    """Odd sizes, many buckets, bucket boundaries inside tensors, 3 ranks; one call per bucket."""
+    w = script(tmp_path, """
+        import numpy as np
+        from gpucnn import distributed as d
+        r, n = d.init()
+        shapes = [(3, 5), (7,), (1,), (11, 13), (2, 3, 3, 3), (5,), (0,), (17, 1)]
+        mine = {}
+        for k, s in enumerate(shapes):
+            every = [np.random.default_rng([k, q]).standard_normal(s).astype(np.float32) for q in range(n)]
+            mine[f"t{k}"] = (every[r], np.mean(every, axis=0))
+        for bucket_bytes in (4, 12, 40, 100, 1 << 20):
+            red = d.Reducer({k: v[0].shape for k, v in mine.items()}, np.float32, bucket_bytes=bucket_bytes)
+            split = [k for k, p in red.pieces.items() if len(p) > 1]
+            assert bucket_bytes > 4 * 400 or split, "no tensor straddles a bucket boundary"
+            for k, (g, _) in mine.items():
+                red.mark(k, g)
+            out = red.finish()
+            assert red.calls == len(red.bounds), (red.calls, len(red.bounds))
+            for k, (g, ref) in mine.items():
+                assert out[k].shape == ref.shape
+                np.testing.assert_allclose(out[k], ref, rtol=1e-6, atol=1e-6, err_msg=f"{k} {bucket_bytes}")
+            if bucket_bytes == 40:
+                assert len(red.bounds) > 10
+        lst = d.allreduce_mean([v[0] for v in mine.values()], bucket_bytes=24)
+        for o, (_, ref) in zip(lst, mine.values()):
+            np.testing.assert_allclose(o, ref, rtol=1e-6, atol=1e-6)
+        print("ok", r, n)
+        """)
+    p, _ = mpirun(3, sys.executable, w)
+    assert p.returncode == 0, p.stderr + p.stdout
+    assert sorted(p.stdout.split("\n")[i] for i in range(3)) == ["ok 0 3", "ok 1 3", "ok 2 3"]
+
+
+def test_train_distributed_matches_one_process(tmp_path):
+    """The issue's check: mpiexec -n 2 gpucnn train --distributed against one process, same command."""
+    args = ["train", "--epochs", "2", "--batch-size", "64", "--verbose", "2"]
+    one = subprocess.run([str(GPUCNN), *args, "--save", tmp_path / "a.npz"], capture_output=True, text=True,
+                         timeout=90, env=_env())
+    assert one.returncode == 0, one.stderr
+    two, _ = mpirun(2, GPUCNN, *args, "--distributed", "--save", tmp_path / "b.npz")
+    assert two.returncode == 0, two.stderr + two.stdout
+
+    def accuracy(out):
+        lines = [line for line in out.splitlines() if line.startswith("test accuracy:")]
+        assert len(lines) == 1, out  # only rank 0 prints
+        return float(lines[0].split()[2])
+
+    assert "2 ranks over MPI (global batch 64, 32 per rank)" in two.stdout
+    assert two.stdout.count("saved to") == 1
+    assert abs(accuracy(one.stdout) - accuracy(two.stdout)) <= 0.01
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    floats = [k for k in a.files if a[k].dtype.kind == "f"]
+    assert floats
+    for k in floats:  # rtol 1e-3, with an absolute floor of 1e-3 of the tensor's largest weight
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-3, atol=1e-3 * float(np.abs(a[k]).max()), err_msg=k)
+
+
+def test_batch_not_divisible_refused():
+    p, _ = mpirun(2, GPUCNN, "train", "--distributed", "--epochs", "1", "--batch-size", "63", timeout=60)
+    assert p.returncode != 0
+    assert "--batch-size 63 is the global batch and must divide evenly over the 2 ranks" in p.stderr
+
+
+def test_fit_refuses_a_rank_with_other_data(tmp_path):
+    w = script(tmp_path, """
+        import numpy as np, gpucnn
+        from gpucnn import distributed as d, models
+        rank, size = d.init()
+        x = np.random.default_rng(0).standard_normal((40, 1, 8, 8)).astype(np.float32)
+        y = np.arange(40) % 10
+        if rank == 1:
+            x[3, 0, 0, 0] += 1
+        m = models.get("digits_cnn", seed=0)
+        try:
+            m.fit(x, y, epochs=1, batch_size=8, verbose=0, distributed=True)
+        except d.DistributedError as e:
+            print("refused", rank, e)
+        """)
+    p, _ = mpirun(2, sys.executable, w, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("refused") == 2
+    assert "rank 1 started with a different dataset than rank 0" in p.stdout
+
+
+@pytest.mark.parametrize("how", ["raise", "kill", "hang"])
+def test_a_failing_rank_ends_the_job_naming_it(tmp_path, how):
+    """Rank 1 raises (or is killed) in its 5th step: every rank stops, non-zero, within 60 s, naming rank 1."""
+    w = script(tmp_path, f"""
+        import os, signal, sys
+        from gpucnn import cli, distributed as d
+        step = d.DataParallel.step
+        count = [0]
+        def failing(self, *a, **k):
+            count[0] += 1
+            if d.rank() == 1 and count[0] == 5:
+                if {how!r} == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if {how!r} == "hang":  # rank 0 waits on the allreduce past GPUCNN_DIST_TIMEOUT and aborts
+                    import time; time.sleep(3600)
+                raise RuntimeError("injected failure")
+            return step(self, *a, **k)
+        d.DataParallel.step = failing
+        sys.exit(cli.main(["train", "--distributed", "--epochs", "3", "--batch-size", "32", "--verbose", "0"]))
+        """)
+    p, seconds = mpirun(2, sys.executable, w, timeout=90, timeout_env="4")
+    assert p.returncode != 0
+    assert seconds < 60
+    err = p.stderr + p.stdout
+    if how == "raise":
+        assert "gpucnn: error: rank 1 failed: RuntimeError: injected failure" in err
+    elif how == "hang":
+        assert "gpucnn: error: rank 0: allreduce did not complete within 4 s" in err
+    else:  # it cannot speak: mpiexec names its PID, rank 0's first line maps PIDs to ranks
+        import re
+        ranks = dict(re.findall(r"(\d+)=(\d+)@", re.search(r"ranks \(rank=pid@host\): (.*)", err).group(1)))
+        dead = re.search(r"PID (\d+) RUNNING AT", err).group(1)
+        assert ranks["1"] == dead, err
+
+
+# ------------------------------------------------------------------------------------- in process
+
+
+def test_mpi_chosen_for_host_arrays_and_nccl_for_a_device_backend(monkeypatch):
+    from mpi4py import MPI
+    from gpucnn import backend, distributed as d
+    assert d.choose_communicator(MPI.COMM_SELF, backend.get_backend()).kind == "mpi"
+    sim = types.SimpleNamespace(device="gpu", simulated=True)  # a simulator's arrays are host arrays
+    assert d.choose_communicator(MPI.COMM_SELF, sim).kind == "mpi"
+    nccl, cupy = _fake_nccl_and_cupy()
+    gpu = types.SimpleNamespace(device="gpu", simulated=False)
+    comm = d.choose_communicator(MPI.COMM_SELF, gpu, nccl=nccl, cupy=cupy)
+    assert comm.kind == "nccl"
+    assert nccl.log[:2] == [("get_unique_id",), ("NcclCommunicator", 1, nccl.UID, 0)]
+    assert cupy.log == [("Device", 0), ("use",), ("Stream", True)]
+
+
+def test_nccl_calls_follow_cupy_nccl_api():
+    """Buckets reduced through NcclCommunicator.allReduce(sendbuf, recvbuf, count, datatype, op, stream) in place,
+    on the side stream after the compute stream's event; the mean comes back (one rank)."""
+    from mpi4py import MPI
+    from gpucnn import distributed as d
+    nccl, cupy = _fake_nccl_and_cupy()
+    comm = d.NCCLCommunicator(MPI.COMM_SELF, nccl=nccl, cupy=cupy)
+    grads = {"a": np.arange(7, dtype=np.float32), "b": np.ones((3, 5), np.float32)}
+    red = d.Reducer({k: v.shape for k, v in grads.items()}, np.float32, comm=comm, bucket_bytes=32)
+    for k, g in grads.items():
+        red.mark(k, g)
+    out = red.finish()
+    for k, g in grads.items():
+        np.testing.assert_array_equal(np.asarray(out[k]), g)
+    calls = [c for c in nccl.log if c[0] == "allReduce"]
+    assert len(calls) == len(red.bounds) == 3
+    for (_, send, recv, count, dtype, op, stream), buf in zip(calls, red.buffers):
+        assert send == recv == buf.data.ptr and count == buf.size
+        assert dtype == nccl.NCCL_FLOAT32 and op == nccl.NCCL_SUM and stream == comm.stream.ptr
+
+
+def _fake_nccl_and_cupy():
+    """Stand-ins with cupy.cuda.nccl's signatures (checked: positional arity and types) and the part of cupy
+    used; arrays are NumPy arrays whose .data.ptr is their address."""
+
+    class Arr(np.ndarray):
+        @property
+        def data(self):
+            return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+    nccl = types.SimpleNamespace(NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_FLOAT16=6, NCCL_SUM=0, UID=tuple(range(128)),
+                                 log=[], available=True)
+
+    def get_unique_id():
+        nccl.log.append(("get_unique_id",))
+        return nccl.UID
+
+    class NcclCommunicator:
+        def __init__(self, ndev, commId, rank):
+            assert isinstance(ndev, int) and isinstance(commId, tuple) and len(commId) == 128 and isinstance(rank, int)
+            nccl.log.append(("NcclCommunicator", ndev, commId, rank))
+
+        def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+            assert all(isinstance(v, int) for v in (sendbuf, recvbuf, count, datatype, op, stream))
+            nccl.log.append(("allReduce", sendbuf, recvbuf, count, datatype, op, stream))
+
+    nccl.get_unique_id, nccl.NcclCommunicator = get_unique_id, NcclCommunicator
+    log = []
+
+    class Stream:
+        ptr = 1234
+
+        def __init__(self, non_blocking=False):
+            log.append(("Stream", non_blocking))
+
+        def wait_event(self, event):
+            assert isinstance(event, Event)
+
+    class Event:
+        def record(self, stream=None):
+            assert isinstance(stream, Stream)
+
+    class Device:
+        def __init__(self, i):
+            log.append(("Device", i))
+
+        def use(self):
+            log.append(("use",))
+
+    current = Stream.__new__(Stream)
+    cuda = types.SimpleNamespace(Device=Device, Stream=Stream, Event=Event, get_current_stream=lambda: current,
+                                 runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+    cupy = types.SimpleNamespace(cuda=cuda, log=log,
+                                 empty=lambda n, dtype: np.empty(n, dtype).view(Arr),
+                                 zeros=lambda s, dtype: np.zeros(s, dtype).view(Arr),
+                                 asarray=lambda a: np.asarray(a).view(Arr),
+                                 concatenate=lambda parts: np.concatenate(parts).view(Arr))
+    return nccl, cupy
+
+
+def test_info_reports_mpi_and_nccl(capsys):
+    from gpucnn import cli
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "mpi    available: mpi4py" in out
+    assert "nccl   " in out

@@ -157,7 +157,11 @@ def _train(args, dist) -> int:
             Path(args.save).absolute().parent.mkdir(parents=True, exist_ok=True)
             model.save(args.save)
             say(f"saved to {args.save}")
-        loss, acc = model.evaluate(x_test, y_test) if dist is None else dist.evaluate(model, x_test, y_test)
+        if dist is None:
+            loss, acc = model.evaluate(x_test, y_test)
+        else:  # each rank its share, the sums reduced
+            from .train import evaluate
+            loss, acc = evaluate(model, x_test, y_test, distributed=True)
     say(f"{time.perf_counter() - start:.1f} s in all")
     say(f"test accuracy: {acc:.4f} ({round(acc * len(x_test))}/{len(x_test)} held out), test loss: {loss:.4f}")
     return 0

@@ -103,10 +103,21 @@ def nccl_describe() -> str:
 # ------------------------------------------------------------------------------------- requests
 
 
-def _abort(msg: str, comm=None):
-    print(f"gpucnn: error: rank {rank()}: {msg}", file=sys.stderr, flush=True)
+def _say_and_abort(line: str, comm=None):
+    """Write `line` to stderr, give the launcher a moment to pass it on (an abort can cut off output still
+    in its pipe), then MPI_Abort: every rank ends, status non-zero."""
+    try:
+        sys.stderr.flush()
+        os.write(2, (line + "\n").encode())
+    except (OSError, ValueError):
+        pass
+    time.sleep(0.5)
     from mpi4py import MPI
     (comm or MPI.COMM_WORLD).Abort(1)
+
+
+def _abort(msg: str, comm=None):
+    _say_and_abort(f"gpucnn: error: rank {rank()}: {msg}", comm)
 
 
 def wait(requests, what="collective", comm=None, timeout=None):
@@ -445,8 +456,7 @@ def guard():
         if not is_initialized() or size() == 1 or isinstance(e, SystemExit) and not e.code:
             raise
         msg = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        print(f"gpucnn: error: rank {rank()} failed: {msg}", file=sys.stderr, flush=True)
-        _state["comm"].Abort(1)
+        _say_and_abort(f"gpucnn: error: rank {rank()} failed: {msg}", _state["comm"])
 
 
 # ------------------------------------------------------------------------------------- training
@@ -528,15 +538,3 @@ def shard(n: int, r: int | None = None, k: int | None = None) -> tuple[int, int]
     base, extra = divmod(n, k)
     lo = r * base + min(r, extra)
     return lo, lo + base + (r < extra)
-
-
-def evaluate(model, x, y, batch_size: int = 256) -> tuple[float, float]:
-    """(mean loss, accuracy) on x, y, each rank evaluating its shard, the sums reduced over ranks."""
-    from . import train
-    lo, hi = shard(len(x))
-    loss_sum = correct = 0.0
-    if hi > lo:
-        loss, acc = train.evaluate(model, x[lo:hi], y[lo:hi], batch_size=batch_size)
-        loss_sum, correct = loss * (hi - lo), round(acc * (hi - lo))
-    tot = allreduce_sum_host([loss_sum, correct, hi - lo])
-    return float(tot[0] / tot[2]), float(tot[1] / tot[2])

@@ -200,7 +200,7 @@ def _epochs(model, x, y, epochs, batch_size, validation_data, shuffle, verbose, 
         logs = {"loss": loss_sum / seen, "accuracy": correct / seen}
         if validation_data is not None:
             if ddp is not None:
-                logs["val_loss"], logs["val_accuracy"] = dist.evaluate(model, *validation_data)
+                logs["val_loss"], logs["val_accuracy"] = evaluate(model, *validation_data, distributed=True)
             else:
                 logs["val_loss"], logs["val_accuracy"] = evaluate(model, *validation_data)
         history.append(epoch, logs)
@@ -220,9 +220,21 @@ def _logits(model, x, batch_size):
         yield model.forward(x[start: start + batch_size], training=False, logits=True)
 
 
-def evaluate(model, x, y, batch_size=256) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) on x, y in inference mode."""
+def evaluate(model, x, y, batch_size=256, distributed=False) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) on x, y in inference mode.
+
+    distributed=True (gpucnn.distributed, every rank calling it with the same x, y): each rank evaluates
+    its contiguous share and the sums are reduced over the ranks."""
     _check_nonempty(x, "evaluate")
+    if distributed:
+        from . import distributed as dist
+        lo, hi = dist.shard(len(x))
+        loss_sum = correct = 0.0
+        if hi > lo:
+            loss, acc = evaluate(model, x[lo:hi], y[lo:hi], batch_size=batch_size)
+            loss_sum, correct = loss * (hi - lo), round(acc * (hi - lo))
+        loss_sum, correct, n = dist.allreduce_sum_host([loss_sum, correct, hi - lo])
+        return float(loss_sum / n), float(correct / n)
     y = _labels(y, len(x), model)
     loss_sum, correct = 0.0, 0
     for i, logits in enumerate(_logits(model, x, batch_size)):

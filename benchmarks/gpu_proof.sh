@@ -253,8 +253,8 @@ PY
 stage_tests() {
     local args log=$out/pytest.txt rc
     if [ "$stage" = dry ]; then # a few tests of each kind: emulated cupy, simulated numba, a gpu-marked one
-        args=(tests/test_checkpoints.py "tests/test_cupy_elementwise.py::test_relu_refuses_float64_and_strided_arrays"
-            "tests/test_numba_elementwise_pool.py::test_relu_and_backward"
+        args=(tests/test_checkpoints.py "tests/ops/test_elementwise.py::test_relu[cupy-7-float32]"
+            "tests/ops/test_elementwise.py::test_relu[numba-7-float32]"
             "tests/test_numba_model.py::test_loss_falls[digits_cnn]")
     else # the whole suite but the notebooks (no runner on the device) and this script's CPU dry run
         args=(--ignore=tests/test_notebooks.py --ignore=tests/test_gpu_proof.py tests)

@@ -190,6 +190,11 @@ def train_test_split(x, y, test_size=0.2, seed=0, stratify=True):
                     stratify=y if stratify else None)
 
 
+def epoch_order(n: int, shuffle=True, seed=None) -> np.ndarray:
+    """The order an epoch visits n samples in: ``np.random.default_rng(seed).permutation(n)``, or 0..n-1."""
+    return np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+
+
 def batches(x, y, batch_size, shuffle=True, seed=None):
     """Iterate over ``(xb, yb)`` minibatches covering every sample once.
 
@@ -202,7 +207,7 @@ def batches(x, y, batch_size, shuffle=True, seed=None):
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
     n = len(x)
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    order = epoch_order(n, shuffle, seed)
 
     def generate():
         for start in range(0, n, batch_size):

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import backend
 from . import functional as F
-from .data import batches
+from .data import epoch_order
 from .shapes import class_indices
 
 
@@ -159,15 +159,13 @@ def _epochs(model, x, y, epochs, batch_size, validation_data, shuffle, verbose, 
             ddp):
     for epoch in range(epochs):
         n_batches = -(-len(x) // batch_size)
-        order_seed = int(rng.integers(2**63))
+        order = epoch_order(len(x), shuffle, int(rng.integers(2**63)))  # the order data.batches takes
         if ddp is not None:
-            order = np.random.default_rng(order_seed).permutation(len(x)) if shuffle else np.arange(len(x))
             it = ((xb, yb, yb, lo, rows) for xb, yb, lo, rows in _shards(x, y, batch_size, order))
-        elif feeder is not None:  # the order data.batches would take, fed from pinned memory
-            order = np.random.default_rng(order_seed).permutation(len(x)) if shuffle else np.arange(len(x))
+        elif feeder is not None:  # fed from pinned memory
             it = feeder.epoch(order)
         else:
-            it = ((xb, yb, yb) for xb, yb in batches(x, y, batch_size, shuffle=shuffle, seed=order_seed))
+            it = ((x[idx], y[idx], y[idx]) for idx in (order[s:s + batch_size] for s in range(0, len(x), batch_size)))
         bar = tqdm(it, total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not live, leave=True)
         loss_sum, correct, seen = 0.0, 0, 0
         with captured.stream if captured is not None else contextlib.nullcontext():
@@ -199,10 +197,7 @@ def _epochs(model, x, y, epochs, batch_size, validation_data, shuffle, verbose, 
             loss_sum, correct, seen = dist.allreduce_sum_host([loss_sum, correct, seen])
         logs = {"loss": loss_sum / seen, "accuracy": correct / seen}
         if validation_data is not None:
-            if ddp is not None:
-                logs["val_loss"], logs["val_accuracy"] = evaluate(model, *validation_data, distributed=True)
-            else:
-                logs["val_loss"], logs["val_accuracy"] = evaluate(model, *validation_data)
+            logs["val_loss"], logs["val_accuracy"] = evaluate(model, *validation_data, distributed=ddp is not None)
         history.append(epoch, logs)
         line = f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items())
         if verbose == 2:
@@ -211,8 +206,6 @@ def _epochs(model, x, y, epochs, batch_size, validation_data, shuffle, verbose, 
             print(line, file=sys.stderr, flush=True)
         elif verbose == 1 and validation_data is not None:
             bar.write(f"  val_loss={logs['val_loss']:.4f} val_accuracy={logs['val_accuracy']:.4f}")
-    model.history = history
-    return history
 
 
 def _logits(model, x, batch_size):
@@ -226,23 +219,26 @@ def evaluate(model, x, y, batch_size=256, distributed=False) -> tuple[float, flo
     distributed=True (gpucnn.distributed, every rank calling it with the same x, y): each rank evaluates
     its contiguous share and the sums are reduced over the ranks."""
     _check_nonempty(x, "evaluate")
-    if distributed:
-        from . import distributed as dist
-        lo, hi = dist.shard(len(x))
-        loss_sum = correct = 0.0
-        if hi > lo:
-            loss, acc = evaluate(model, x[lo:hi], y[lo:hi], batch_size=batch_size)
-            loss_sum, correct = loss * (hi - lo), round(acc * (hi - lo))
-        loss_sum, correct, n = dist.allreduce_sum_host([loss_sum, correct, hi - lo])
-        return float(loss_sum / n), float(correct / n)
     y = _labels(y, len(x), model)
+    if not distributed:
+        loss_sum, correct = _evaluate_sums(model, x, y, batch_size)
+        return loss_sum / len(x), correct / len(x)
+    from . import distributed as dist
+    lo, hi = dist.shard(len(x))
+    loss_sum, correct = _evaluate_sums(model, x[lo:hi], y[lo:hi], batch_size)
+    loss_sum, correct, n = dist.allreduce_sum_host([loss_sum, correct, hi - lo])
+    return float(loss_sum / n), float(correct / n)
+
+
+def _evaluate_sums(model, x, y, batch_size) -> tuple[float, int]:
+    """(sum of per-sample losses, correct predictions) over host x and checked labels y (may be empty)."""
     loss_sum, correct = 0.0, 0
     for i, logits in enumerate(_logits(model, x, batch_size)):
         yb = y[i * batch_size: (i + 1) * batch_size]
         loss, _ = F.softmax_cross_entropy(logits, yb)
         loss_sum += float(F.to_numpy(loss)) * len(yb)
         correct += int((F.to_numpy(logits).argmax(axis=1) == yb).sum())
-    return loss_sum / len(x), correct / len(x)
+    return loss_sum, correct
 
 
 def predict(model, x, batch_size=256) -> np.ndarray:

@@ -134,12 +134,12 @@ def class_indices(labels, n: int, num_classes: int | None, what: str = "labels")
         raise TypeError(f"{what} must be an array of integer class indices, got {type(labels).__name__}")
     shape, dtype = tuple(labels.shape), np.dtype(labels.dtype)
     host = isinstance(labels, np.ndarray)
-    expected = (f"class indices of shape ({n},) or ({n}, 1)"
-                + (f", or float one-hot rows of shape ({n}, {num_classes})" if num_classes else ""))
+    indices = f"class indices of shape ({n},) or ({n}, 1)"
+    expected = indices + (f", or float one-hot rows of shape ({n}, {num_classes})" if num_classes else "")
     if len(shape) == 2 and dtype.kind == "f":
         if not host:
             raise TypeError(f"{what}: one-hot rows on the device cannot be checked without a host copy; "
-                            f"pass {expected.split(', or')[0]} (argmax the rows yourself), got {_describe(labels)}")
+                            f"pass {indices} (argmax the rows yourself), got {_describe(labels)}")
         if shape[0] != n or (num_classes is not None and shape[1] != num_classes):
             raise ValueError(f"{what}: expected {expected}, got one-hot rows of shape {shape}"
                              + (f" (the model has {num_classes} outputs)" if num_classes else ""))

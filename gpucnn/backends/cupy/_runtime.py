@@ -282,10 +282,6 @@ def ptr(a):
     return NULL if a is None else a
 
 
-def aligned16(a) -> bool:
-    return pointer(a) % 16 == 0
-
-
 @functools.lru_cache(maxsize=None)
 def sm_count() -> int:
     """Streaming multiprocessors of the current device (4 when emulated, so small tests exercise split-K)."""

@@ -30,7 +30,7 @@ def _forward(op, x, w, b, stride, pads, out_shape, relu):
         return y
     m, n, kk = out_shape[0] * out_shape[2] * out_shape[3], w.shape[0], w[0].size
     bm, bn = rt.gemm_tile(m, n)
-    vec = "true" if kk % 4 == 0 and rt.aligned16(w) else "false"
+    vec = "true" if kk % 4 == 0 and rt.aligned(w) else "false"
     K.launch(f"conv2d_fwd<{bm}, {bn}, {rt.math_mode()}, {vec}>", (rt.ceil_div(m, bm), rt.ceil_div(n, bn)),
              (rt.THREADS,), (x, w, rt.ptr(b), y, rt.i32(relu), *_dims(x.shape, w.shape, out_shape, stride, pads)))
     return y

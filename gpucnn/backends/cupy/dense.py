@@ -13,7 +13,7 @@ K = rt.Family("dense", [f"linear_{d}<{bm}, {bn}, {tf}, {v}>" for d in ("fwd", "d
 
 
 def _vec(k, a) -> str:
-    return "true" if k % 4 == 0 and rt.aligned16(a) else "false"
+    return "true" if k % 4 == 0 and rt.aligned(a) else "false"
 
 
 def _linear(op, x, w, b, out_shape, relu):

@@ -5,7 +5,9 @@
 // no padding, floor (the output P x Q comes resolved from gpucnn.functional). Forward kernels run
 // one thread per output element and backward kernels one thread per input element (grid-stride
 // loops): the backwards gather dy over the windows that contain their element instead of
-// scattering into dx, so there are no atomics and the sums are deterministic.
+// scattering into dx, so there are no atomics and the sums are deterministic. The one exception:
+// max_pool_bwd_disjoint, for windows that do not overlap, runs one thread per pooled output and
+// writes its window's cell of dx (no element is in two windows, so nothing is summed).
 #include "common.cuh"
 
 // First output row (column) whose window covers input row h: ceil((h - k + 1) / s), at least 0.
@@ -63,6 +65,45 @@ __global__ void max_pool_bwd(const float* __restrict__ dy, const I* __restrict__
                 if (idx[o] == I(here)) acc += dy[o];
             }
         dx[t] = acc;
+    }
+}
+
+// max_pool_bwd for windows that do not overlap (sh >= kh and sw >= kw), with no integer division:
+// one thread per pooled output (pl, oh, ow) writes the cell of dx from its window's corner
+// (oh*sh, ow*sw) up to the next window's (the last window row P-1 and column Q-1: through H-1 and
+// W-1, so the floor's leftover rows and columns are in the last cells): dy[pl, oh, ow] at the
+// recorded index if it lies in the kh x kw window, 0 everywhere else (an index outside its window
+// is dropped, as max_pool_bwd drops it). The cells tile the plane, so every dx element is written
+// exactly once. Grid: x over ow (covering Q), y over oh and z over planes, both grid-stride; the
+// counters are unsigned (P, planes < 2^31, grid strides < 2^26: no wrap), offsets within a plane 32-bit
+// (H*W < 2^31), the plane's base 64-bit.
+template <class I>
+__global__ void max_pool_bwd_disjoint(const float* __restrict__ dy, const I* __restrict__ idx,
+                                      float* __restrict__ dx, int planes, int h, int w, int p, int q, int kh, int kw,
+                                      int sh, int sw) {
+    const unsigned ow = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ow >= unsigned(q)) return;
+    const unsigned c0 = ow * unsigned(sw);
+    const unsigned cols = ow + 1 == unsigned(q) ? unsigned(w) - c0 : unsigned(sw);
+    const unsigned oh_first = blockIdx.y * blockDim.y + threadIdx.y, oh_step = gridDim.y * blockDim.y;
+    for (unsigned pl = blockIdx.z * blockDim.z + threadIdx.z; pl < unsigned(planes); pl += gridDim.z * blockDim.z) {
+        const size_t out_plane = size_t(pl) * unsigned(p) * unsigned(q);
+        float* __restrict__ plane = dx + size_t(pl) * unsigned(h) * unsigned(w);
+        for (unsigned oh = oh_first; oh < unsigned(p); oh += oh_step) {
+            const size_t o = out_plane + size_t(oh * unsigned(q) + ow);
+            const float g = dy[o];
+            const I at = idx[o];
+            const unsigned r0 = oh * unsigned(sh);
+            const unsigned rows = oh + 1 == unsigned(p) ? unsigned(h) - r0 : unsigned(sh);
+            unsigned pos = r0 * unsigned(w) + c0;  // h*W+w of the cell's row i, column 0
+            for (unsigned i = 0; i < rows; ++i, pos += unsigned(w)) {
+                // the column of the cell row that gets g: the index's, if it is in this row of the window
+                const long long d = (long long)at - (long long)pos;
+                const unsigned hit = i < unsigned(kh) && d >= 0 && d < kw ? unsigned(d) : ~0u;  // j < W < 2^31
+                float* __restrict__ out = plane + pos;
+                for (unsigned j = 0; j < cols; ++j) out[j] = j == hit ? g : 0.f;
+            }
+        }
     }
 }
 

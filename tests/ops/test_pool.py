@@ -57,6 +57,10 @@ POOL_CASES = cases(
     (((3, 1, 5, 5), 1, None), EMU),
     (((2, 4, 13, 12), 2, 1), EMU),            # 2*4*12*11 = 1056 outputs: more than one 256-thread block
     (((1, 1, 6, 5), (4, 5), 1), EMU),
+    # windows that do not overlap (cupy: max_pool_bwd_disjoint), with rows and columns no window covers
+    (((2, 2, 11, 10), 3, 3), EMU),            # leftover rows 9-10, column 9
+    (((1, 2, 9, 13), (2, 3), (3, 4)), EMU),   # stride > window in both: gap rows/columns, then leftovers
+    (((1, 2, 5, 522), 2, None), EMU),         # Q = 261: more than one block along a row of windows
 )
 # many equal maxima per window: the cases of POOL_CASES the simulator also runs with ties, and one more
 TIE_CASES = {**{cid: (c, be if be != SIM else EMU, *own) for cid, (c, be, *own) in POOL_CASES.items()},
@@ -201,6 +205,76 @@ def test_avg_pool2d_grad_fd(be, case):
     dy = normal(rng, be.run("avg_pool2d", x, k, s).shape, F64)
     check_grad(lambda x_: be.run("avg_pool2d", x_, k, s), [x], 0, be.run("avg_pool2d_backward", dy, x, k, s), dy,
                **GRAD)
+
+
+# --------------------------------------------------------------------------- cupy: the backward's two kernels
+
+# (kernel, stride) -> the max-pool backward kernel: windows that do not overlap (stride >= window in both
+# dimensions) run one thread per pooled output, overlapping ones the general gather per input element
+BWD_KERNELS = [((2, 2), None, "max_pool_bwd_disjoint"), ((3, 3), None, "max_pool_bwd_disjoint"),
+               ((2, 3), (3, 4), "max_pool_bwd_disjoint"), ((1, 1), None, "max_pool_bwd_disjoint"),
+               ((1, 2), (5, 2), "max_pool_bwd_disjoint"),
+               ((3, 3), (2, 2), "max_pool_bwd"), ((2, 3), (1, 2), "max_pool_bwd"), ((3, 2), (3, 1), "max_pool_bwd"),
+               ((2, 2), (1, 2), "max_pool_bwd")]
+
+
+@pytest.mark.parametrize("k,s,kernel", BWD_KERNELS, ids=[f"k{k}_s{s}".replace(" ", "") for k, s, _ in BWD_KERNELS])
+@pytest.mark.parametrize("be", on("cupy"))
+def test_cupy_max_pool_backward_kernel_choice(be, k, s, kernel, cupy_launches):
+    """The backward picks its kernel by overlap, for both index types, and both give NumPy's dx (ties too)."""
+    rng = np.random.default_rng(12)
+    x = few(rng, (2, 3, 10, 11), F32)
+    y, idx = ref("max_pool2d", x, k, s, return_indices=True)
+    dy = normal(rng, y.shape, F32)
+    want = ref("max_pool2d_backward", dy, x, k, s, indices=idx)
+    for itype, c_type in ((np.int64, "long long"), (np.int32, "int")):
+        cupy_launches.clear()
+        dx = be.host(be.run("max_pool2d_backward", dy, x, k, s, indices=idx.astype(itype)))
+        assert cupy_launches == [f"{kernel}<{c_type}>"]
+        assert_close(dx, want, **BACKEND_TOL[F32], name=f"dx ({c_type} indices)")
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 21, 129), (8, 10, 6, 7)], ids=["rows", "planes"])
+@pytest.mark.parametrize("be", on("cupy"))
+def test_cupy_max_pool_backward_disjoint_grid_stride(be, shape, monkeypatch):
+    """max_pool_bwd_disjoint with gridDim.y and gridDim.z capped at 2 (as the caps at 65535 leave a huge
+    input): its grid-stride loops over window rows (21x129: 10 rows, 4 a block) and planes (80 planes,
+    28 a block) still write every element of dx, leftover row and column included."""
+    from gpucnn.backends.cupy import _runtime, pool
+    monkeypatch.setattr(pool, "MAX_GRID_YZ", 2)
+    launched = []
+    real = _runtime.Family.launch
+    monkeypatch.setattr(_runtime.Family, "launch",
+                        lambda self, name, grid, block, args: (launched.append((name, grid, block)),
+                                                               real(self, name, grid, block, args))[1])
+    rng = np.random.default_rng(13)
+    x = distinct(rng, shape, F32)
+    y, idx = ref("max_pool2d", x, 2, None, return_indices=True)
+    dy = normal(rng, y.shape, F32)
+    dx = be.host(be.run("max_pool2d_backward", dy, x, 2, indices=idx))
+    assert_close(dx, ref("max_pool2d_backward", dy, x, 2, indices=idx), **EXACT)
+    (name, grid, block), = launched
+    planes, p, q = shape[0] * shape[1], shape[2] // 2, shape[3] // 2
+    assert name == "max_pool_bwd_disjoint<long long>" and max(grid[1:]) <= 2
+    assert grid[1] * block[1] < p or grid[2] * block[2] < planes  # the loop it exercises takes > 1 trip
+
+
+@pytest.mark.parametrize("be", on("cupy"))
+def test_cupy_max_pool_backward_drops_indices_outside_their_window(be):
+    """Both kernels define dx as a gather over the windows containing each element: an index that points
+    outside its own window (into the gap after it, or into another window) sends its dy nowhere."""
+    x = distinct(np.random.default_rng(14), (1, 1, 6, 6), F32)
+    for k, s in (((2, 2), (3, 3)), ((2, 2), (2, 2)), ((2, 2), (1, 1))):  # gaps, tiling, overlapping
+        y, idx = ref("max_pool2d", x, k, s, return_indices=True)
+        dy = np.arange(1.0, 1.0 + y.size, dtype=F32).reshape(y.shape)
+        # the first four windows (row-major) point at (2, 1), (0, 5), (0, 0), (2, 2): none in its own window; at
+        # stride 3 a gap row (in a window's columns), a gap column (in a window's row), another window, a gap
+        bad = idx.copy()
+        bad.flat[:4] = [2 * 6 + 1, 5, 0, 2 * 6 + 2]
+        want = ref("max_pool2d_backward", dy, x, k, s, indices=idx).reshape(-1)
+        np.subtract.at(want, idx.flat[:4], dy.flat[:4])  # small integers: exact
+        got = be.host(be.run("max_pool2d_backward", dy, x, k, s, indices=bad)).reshape(-1)
+        assert_close(got, want, **EXACT, name=f"dx (window {k}, stride {s})")
 
 
 # --------------------------------------------------------------------------- cupy: refusals of the launchers

@@ -1,9 +1,12 @@
 """Launchers for kernels/pool.cu: max pooling (int64 indices), the fused relu_max_pool2d, average pooling.
 
 Each kernel gets (planes = N*C, H, W, P, Q, kh, kw, sh, sw) and one thread per output element
-(forward) or input element (backward), grid from `rt.grid_1d`. Max-pool indices are int64 flat
-positions h*W+w within the input plane, as the NumPy and Numba backends return them; the backward
-also takes int32 indices as they are (other integer types are converted once to int64).
+(forward) or input element (backward), grid from `rt.grid_1d`; the max-pool backward of windows that
+do not overlap (stride >= window in both dimensions: the 2x2 stride-2 pools of the zoo models) runs
+one thread per pooled output instead (``max_pool_bwd_disjoint``, a 3-D grid from `_disjoint_grid`).
+Max-pool indices are int64 flat positions h*W+w within the input plane, as the NumPy and Numba
+backends return them; the backward also takes int32 indices as they are (other integer types are
+converted once to int64).
 """
 from __future__ import annotations
 
@@ -15,12 +18,26 @@ from . import _runtime as rt
 
 B = "cupy"
 K = rt.Family("pool", ["max_pool_fwd<false>", "max_pool_fwd<true>", "max_pool_bwd<long long>", "max_pool_bwd<int>",
+                       "max_pool_bwd_disjoint<long long>", "max_pool_bwd_disjoint<int>",
                        "avg_pool_fwd", "avg_pool_bwd"])
+MAX_GRID_YZ = 65535  # gridDim.y and gridDim.z
+MAX_BLOCK_Z = 64     # blockDim.z
 
 
 def _geometry(x_shape, out_shape, kernel, stride):
     """The kernels' integer arguments: planes, H, W, P, Q, kh, kw, sh, sw."""
     return tuple(rt.i32(v) for v in shapes.pool_geometry(x_shape, out_shape, kernel, stride))
+
+
+def _disjoint_grid(planes, p, q):
+    """(grid, block) of max_pool_bwd_disjoint: threads x over the Q outputs of a row, y over the P rows,
+    z over planes, about rt.THREADS a block; a block of consecutive (oh, ow) of whole rows reads dy and
+    the indices contiguously. y and z are grid-stride loops in the kernel, so their grid is capped."""
+    bx = min(q, rt.THREADS)
+    by = min(p, max(1, rt.THREADS // bx))
+    bz = min(planes, max(1, rt.THREADS // (bx * by)), MAX_BLOCK_Z)
+    grid = (rt.ceil_div(q, bx), min(rt.ceil_div(p, by), MAX_GRID_YZ), min(rt.ceil_div(planes, bz), MAX_GRID_YZ))
+    return grid, (bx, by, bz)
 
 
 def _max_pool(op, x, kernel, stride, out_shape, relu):
@@ -53,8 +70,13 @@ def max_pool2d_backward(dy, x, kernel, stride, indices):
     indices = rt.int_operand("max_pool2d_backward", "indices", indices)
     dx = rt.empty(x.shape)
     if dx.size:
-        K.launch(f"max_pool_bwd<{rt.c_type(indices.dtype)}>", *rt.grid_1d(dx.size),
-                 (dy, indices, dx, *_geometry(x.shape, dy.shape, kernel, stride)))
+        geometry = _geometry(x.shape, dy.shape, kernel, stride)
+        planes, _, _, p, q, kh, kw, sh, sw = (int(v) for v in geometry)
+        args = (dy, indices, dx, *geometry)
+        if sh >= kh and sw >= kw:  # no element in two windows: one thread per window writes its cell of dx
+            K.launch(f"max_pool_bwd_disjoint<{rt.c_type(indices.dtype)}>", *_disjoint_grid(planes, p, q), args)
+        else:
+            K.launch(f"max_pool_bwd<{rt.c_type(indices.dtype)}>", *rt.grid_1d(dx.size), args)
     return dx
 
 

@@ -62,6 +62,9 @@ def _check_train_args(args) -> None:
                  f"--momentum must be a finite number >= 0, got {args.momentum}")
     _require(args.threads is None or args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
     _require(args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
+    _require(not args.sync_bn or args.distributed,
+             "--sync-bn synchronizes batch-norm statistics over the ranks of a --distributed run; add --distributed "
+             "(under mpiexec)")
     _check_dataset(args.dataset)
     if args.save:
         _check_save_path(args.save)
@@ -151,7 +154,7 @@ def _train(args, dist) -> int:
         say(f"training {name} on {args.dataset[0]} ({len(x_train)} train / {len(x_test)} test) with {opt} "
             f"on the {backend} backend{blas}{ranks}", flush=True)
         model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                  verbose=args.verbose if lead else 0, distributed=dist is not None)
+                  verbose=args.verbose if lead else 0, distributed=dist is not None, sync_batchnorm=args.sync_bn)
         if args.save and lead:  # only rank 0 writes
             from pathlib import Path
             Path(args.save).absolute().parent.mkdir(parents=True, exist_ok=True)
@@ -381,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over the ranks of an MPI job: mpiexec -n N gpucnn train --distributed "
                         "(--batch-size is then the global batch, a multiple of N; see README, Distributed training)")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: batch norm normalizes with the global batch's statistics (PyTorch's "
+                        "SyncBatchNorm; two small blocking allreduces per batch-norm layer and step) instead of "
+                        "each rank's own")
     t.set_defaults(func=cmd_train)
 
     s = add("summary", help="print a zoo model's Keras-style summary")

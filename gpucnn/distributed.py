@@ -337,14 +337,14 @@ def broadcast(model, root: int = 0) -> None:
     model.load_state_dict(state)
 
 
-def allreduce_sum_host(values, comm=None) -> np.ndarray:
-    """A small host vector summed over ranks (statistics: loss sums, counts)."""
+def allreduce_sum_host(values, comm=None, what="statistics allreduce") -> np.ndarray:
+    """A small host vector summed over ranks (statistics: loss sums, counts), blocking."""
     from mpi4py import MPI
     comm = comm or _state.get("comm")
     buf = np.ascontiguousarray(values, np.float64).copy()
     if comm is None or comm.size == 1:
         return buf
-    wait([comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)], "statistics allreduce", comm)
+    wait([comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)], what, comm)
     return buf
 
 
@@ -462,6 +462,18 @@ def guard():
 # ------------------------------------------------------------------------------------- training
 
 
+class BatchNormSync:
+    """A BatchNorm2D's `sync` under DataParallel(sync_batchnorm=True): the blocking host allreduce of its
+    per-channel statistics, and this step's gradient scale (F.sync_batch_norm_backward's dy_scale)."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.dy_scale = 1.0
+
+    def allreduce(self, values):
+        return allreduce_sum_host(values, self.comm, "batch norm statistics allreduce")
+
+
 class DataParallel:
     """The per-step work of fit(..., distributed=True) on one rank.
 
@@ -470,10 +482,15 @@ class DataParallel:
     while earlier layers still run backward; step() waits for all before the optimizer step. A rank's
     loss is the mean over its own rows, so its gradients are scaled by rows * size / global rows before
     the mean over ranks: the result is the gradient of the global batch's mean loss, also for a short
-    last batch split unevenly (a rank with no rows adds zeros)."""
+    last batch split unevenly (a rank with no rows adds zeros).
 
-    def __init__(self, model, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
-        from .layers import Dropout
+    sync_batchnorm=True (more than one rank): every BatchNorm2D normalizes with the statistics of the
+    global batch (PyTorch's SyncBatchNorm; F.sync_batch_norm): two small blocking allreduces per layer
+    and step, one in forward and one in backward; the running statistics are the global batch's, alike
+    on every rank. A rank with no rows in a step still takes part in them (with empty batches)."""
+
+    def __init__(self, model, bucket_bytes: int = DEFAULT_BUCKET_BYTES, sync_batchnorm: bool = False):
+        from .layers import BatchNorm2D, Dropout
         self.model = model
         entries = list(model._entries(("params",)))
         self.keys_of: dict = {}
@@ -483,15 +500,23 @@ class DataParallel:
         self.reducer = Reducer(shapes, model.dtype, bucket_bytes=bucket_bytes)
         self.dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
         self.scale = 1.0
+        comm = _state["comm"]  # init() has run: the Reducer found its communicator
+        sync = bool(sync_batchnorm) and comm.size > 1  # one rank: its batch is the global batch
+        self.batch_norm_sync = BatchNormSync(comm) if sync else None
+        self.synced = [layer for layer in model.layers if isinstance(layer, BatchNorm2D)] if sync else []
 
     def __enter__(self):
         for layer, keys in self.keys_of.values():
             layer.backward = self._wrap(layer, layer.backward, keys)
+        for layer in self.synced:
+            layer.sync = self.batch_norm_sync
         return self
 
     def __exit__(self, *exc):
         for layer, _ in self.keys_of.values():
             layer.__dict__.pop("backward", None)
+        for layer in self.synced:
+            layer.__dict__.pop("sync", None)
         for d in self.dropouts:
             d.rows = None
         self.reducer.reset()
@@ -516,10 +541,11 @@ class DataParallel:
         if n == 0:  # a short last batch with fewer rows than ranks: zeros, and the dropout seeds still advance
             for d in self.dropouts:
                 d._rng.integers(2**63)
-            for key, v in model.parameters().items():
-                self.reducer.mark(key, F.zeros_like(v), 1.0)
+            self._idle_step()
         else:
             self.scale = n * self.reducer.comm.size / global_rows
+            if self.batch_norm_sync is not None:
+                self.batch_norm_sync.dy_scale = self.scale
             logits = model.forward(xb, training=True, logits=True)
             loss, dlogits = F.softmax_cross_entropy(logits, yb)
             model.backward(dlogits, input_grad=False)
@@ -529,6 +555,27 @@ class DataParallel:
         params = model.parameters()
         model.optimizer.step(params, {k: grads[k] for k in params})
         return loss_sum, correct
+
+    def _idle_step(self):
+        """A step without rows: zero gradients, marked in the order a working rank's backward marks them, so
+        every bucket's collective starts in the same order on every rank; synchronized batch norms run on
+        empty batches at their places in forward and backward (their allreduces are collectives too)."""
+        from . import functional as F
+        model = self.model
+        model._place()
+        self.scale = 0.0
+        synced = {id(layer) for layer in self.synced}
+        for node in model.nodes[1:]:  # forward's order
+            if id(node.layer) in synced:
+                shape = (0,) + tuple(node.layer.input_shape)
+                node.layer.forward(F.asarray(np.zeros(shape, model.dtype)), training=True)
+        for node in reversed(model.nodes[1:]):  # backward's order
+            layer = node.layer
+            if id(layer) in synced:
+                layer.backward(layer._x)  # an empty dy; the wrapper marks its (zero) gradients
+            elif id(layer) in self.keys_of:
+                for key, k in self.keys_of[id(layer)][1]:
+                    self.reducer.mark(key, F.zeros_like(layer.params[k]), 1.0)
 
 
 def shard(n: int, r: int | None = None, k: int | None = None) -> tuple[int, int]:

@@ -20,7 +20,7 @@ __all__ = [
     "relu", "relu_backward", "upsample_nearest2d", "upsample_nearest2d_backward",
     "linear", "linear_backward", "softmax", "log_softmax", "softmax_backward",
     "softmax_cross_entropy", "dropout", "dropout_backward", "batch_norm", "batch_norm_backward",
-    "add", "concat", "concat_backward", "sgd_step", "adam_step",
+    "sync_batch_norm", "sync_batch_norm_backward", "add", "concat", "concat_backward", "sgd_step", "adam_step",
     "asarray", "to_numpy", "zeros_like", "accumulate_loss_stats", "check_label_errors", "clear_label_errors",
 ]
 
@@ -302,6 +302,96 @@ def batch_norm_backward(dy, x, weight, save_mean, save_invstd, training=True):
     _check_bn(x, save_mean, save_invstd, weight, None)
     shapes.check_grad_output(dy, "dy", tuple(x.shape), x)
     return dispatch("batch_norm_backward", dy, x, weight, save_mean, save_invstd, bool(training))
+
+
+# Synchronized batch norm (PyTorch's SyncBatchNorm) for data-parallel training: the training-mode batch_norm
+# of the global batch, each rank holding some of its rows. `allreduce(v)` sums a small host float64 vector
+# over the ranks (a blocking collective: every rank calls these two functions for the same layers in the
+# same order, a rank with no rows too, with x of 0 rows). Only the backend's own kernels run on the
+# arrays (batch_norm, batch_norm_backward, add); the per-channel statistics meet on the host.
+
+def _host64(a):
+    import numpy as np
+    return np.array(get_backend().to_host(a), np.float64)  # a copy (the NumPy backend's to_host is the array)
+
+
+def sync_batch_norm(x, running_mean, running_var, weight, bias, allreduce, momentum=0.1, eps=1e-5):
+    """Training-mode batch_norm with the statistics of the global batch: one allreduce of this rank's
+    per-channel [count, sum, sum of squares] (2C + 1 float64), then the global mean and biased variance
+    normalize x and the running statistics take the global mean and the global unbiased variance.
+
+    Returns (y, save_mean, save_invstd, count, running_mean, running_var): save_* for
+    sync_batch_norm_backward, count the global number of values per channel, and the updated running
+    statistics as new arrays (None where none was given; the arrays given are not written)."""
+    import numpy as np
+    _check_bn(x, running_mean, running_var, weight, bias)
+    be = get_backend()
+    c = int(x.shape[1])
+    m = x.size // c if c else 0
+    mean, var = np.zeros(c), np.zeros(c)
+    if m >= 2:  # this rank's mean and biased variance from the kernel (momentum 1: the running arrays get them)
+        rm, rv = be.zeros((c,), x.dtype), be.zeros((c,), x.dtype)
+        dispatch("batch_norm", x, rm, rv, None, None, True, 1.0, float(eps))
+        mean, var = _host64(rm), _host64(rv) * ((m - 1) / m)  # the kernel stored the unbiased variance
+    elif m == 1:  # one value per channel: it is the mean, the variance is 0
+        mean = _host64(x).reshape(c)
+    total = np.asarray(allreduce(np.concatenate([[m], m * mean, m * (var + mean * mean)])), np.float64)
+    count = total[0]
+    if count < 2:
+        raise ValueError(f"batch_norm in training needs more than one value per channel over all ranks, got "
+                         f"{count:g} (x of shape {tuple(x.shape)} on this rank)")
+    gmean = total[1:c + 1] / count
+    gvar = np.maximum(total[c + 1:] / count - gmean * gmean, 0.0)
+    dt = np.dtype(x.dtype)
+    new_rm = new_rv = None
+    if running_mean is not None:
+        new_rm = be.asarray(((1 - momentum) * _host64(running_mean) + momentum * gmean).astype(dt))
+    if running_var is not None:
+        unbiased = gvar * (count / (count - 1))
+        new_rv = be.asarray(((1 - momentum) * _host64(running_var) + momentum * unbiased).astype(dt))
+    # normalize with the global statistics: batch_norm in eval mode with them as its "running" statistics
+    y, save_mean, save_invstd = dispatch("batch_norm", x, be.asarray(gmean.astype(dt)),
+                                         be.asarray(gvar.astype(dt)), weight, bias, False, float(momentum),
+                                         float(eps))
+    return y, save_mean, save_invstd, count, new_rm, new_rv
+
+
+def sync_batch_norm_backward(dy, x, weight, save_mean, save_invstd, count, allreduce, dy_scale=1.0):
+    """(dx, dweight, dbias) of sync_batch_norm: one allreduce of this rank's per-channel sum(dy) and
+    sum(dy * xhat) (2C float64), so dx is batch_norm_backward's over the global batch of `count` values per
+    channel. dweight / dbias are this rank's sums (None when weight is None), for the gradient averaging.
+
+    dy_scale: this rank's dy times dy_scale is on a scale shared by every rank (1 when every rank's loss is
+    on one scale; gpucnn.distributed.DataParallel, whose ranks take the mean loss over their own rows, passes
+    rows * ranks / global rows, the factor its gradients get before the mean over ranks)."""
+    import numpy as np
+    _check_bn(x, save_mean, save_invstd, weight, None)
+    shapes.check_grad_output(dy, "dy", tuple(x.shape), x)
+    be = get_backend()
+    c = int(x.shape[1])
+    dt = np.dtype(x.dtype)
+    w = weight if weight is not None else be.asarray(np.ones(c, dt))
+    sum_dy = sum_dy_xhat = np.zeros(c)
+    if x.size:  # eval-mode backward: dx0 = dy * w * invstd, and the sums over this rank's values
+        dx0, dw, db = dispatch("batch_norm_backward", dy, x, w, save_mean, save_invstd, False)
+        sum_dy_xhat, sum_dy = _host64(dw), _host64(db)
+    else:
+        dx0, dw, db = dy, be.zeros((c,), dt), be.zeros((c,), dt)
+    total = np.asarray(allreduce(np.concatenate([dy_scale * sum_dy, dy_scale * sum_dy_xhat])), np.float64)
+    dx = dx0
+    if x.size:
+        # dx = (g - mean(g) - xhat * mean(g * xhat)) * invstd, g = dy * w, the means over the global batch:
+        # dx0 + xhat * a + b per channel, added as an eval-mode batch_norm of x with mean save_mean,
+        # variance 1 and eps 0 (so its own 1/sqrt is exactly 1), weight invstd * a and bias b.
+        w_h, inv = _host64(w), _host64(save_invstd)
+        k = -w_h * inv / (dy_scale * count)
+        a, b = k * total[c:], k * total[:c]
+        corr, _, _ = dispatch("batch_norm", x, save_mean, be.asarray(np.ones(c, dt)),
+                              be.asarray((inv * a).astype(dt)), be.asarray(b.astype(dt)), False, 0.0, 0.0)
+        dx = add(dx0, corr)
+    if weight is None:
+        return dx, None, None
+    return dx, dw, db
 
 
 # --------------------------------------------------------------------------- optimizer updates (in place)

@@ -448,14 +448,32 @@ class BatchNorm2D(Layer):
         self.buffers["running_mean"] = np.zeros(c, dtype)
         self.buffers["running_var"] = np.ones(c, dtype)
 
+    # Data-parallel training with synchronized statistics (fit(..., distributed=True, sync_batchnorm=True))
+    # sets sync to an object with allreduce(v) (a blocking sum of a host float64 vector over the ranks) and
+    # dy_scale (see F.sync_batch_norm_backward); training steps then normalize with the global batch's
+    # statistics (F.sync_batch_norm). None: this rank's own batch, as always.
+    sync = None
+
     def forward(self, x, training=False):
-        y, self._mean, self._invstd = F.batch_norm(
-            x, self.buffers["running_mean"], self.buffers["running_var"], self.params["weight"],
-            self.params["bias"], training=training, momentum=self.momentum, eps=self.eps)
+        self._sync = self.sync if training else None
+        if self._sync is not None:
+            y, self._mean, self._invstd, self._count, rm, rv = F.sync_batch_norm(
+                x, self.buffers["running_mean"], self.buffers["running_var"], self.params["weight"],
+                self.params["bias"], self._sync.allreduce, momentum=self.momentum, eps=self.eps)
+            self.buffers["running_mean"], self.buffers["running_var"] = rm, rv
+        else:
+            y, self._mean, self._invstd = F.batch_norm(
+                x, self.buffers["running_mean"], self.buffers["running_var"], self.params["weight"],
+                self.params["bias"], training=training, momentum=self.momentum, eps=self.eps)
         self._x, self._training = x, training
         return y
 
     def backward(self, dy):
+        if self._sync is not None:
+            dx, self.grads["weight"], self.grads["bias"] = F.sync_batch_norm_backward(
+                dy, self._x, self.params["weight"], self._mean, self._invstd, self._count, self._sync.allreduce,
+                dy_scale=self._sync.dy_scale)
+            return dx
         dx, self.grads["weight"], self.grads["bias"] = F.batch_norm_backward(
             dy, self._x, self.params["weight"], self._mean, self._invstd, training=self._training)
         return dx

@@ -42,11 +42,12 @@ class Model(Network):
         return self
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0, shuffle=True,
-            seed=None, verbose=1, cuda_graph=False, distributed=False, bucket_bytes=None):
+            seed=None, verbose=1, cuda_graph=False, distributed=False, bucket_bytes=None, sync_batchnorm=False):
         from . import train
         return train.fit(self, x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
                          validation_split=validation_split, shuffle=shuffle, seed=seed, verbose=verbose,
-                         cuda_graph=cuda_graph, distributed=distributed, bucket_bytes=bucket_bytes)
+                         cuda_graph=cuda_graph, distributed=distributed, bucket_bytes=bucket_bytes,
+                         sync_batchnorm=sync_batchnorm)
 
     def evaluate(self, x, y, batch_size=256):
         from . import train

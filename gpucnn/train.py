@@ -85,7 +85,7 @@ def _live_bar() -> bool:
 
 
 def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0, shuffle=True, seed=None,
-        verbose=1, cuda_graph=False, distributed=False, bucket_bytes=None) -> History:
+        verbose=1, cuda_graph=False, distributed=False, bucket_bytes=None, sync_batchnorm=False) -> History:
     """Train `model` on host arrays x (N, ...) and labels y; returns a History.
 
     distributed=True (under mpiexec, see gpucnn.distributed): data-parallel over the MPI job's ranks.
@@ -95,8 +95,12 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_s
     about bucket_bytes, overlapping the backward pass) before the optimizer step; loss, accuracy and the
     validation figures are reduced over ranks and only rank 0 reports. Dropout masks depend on the step
     and the sample's place in the global batch, not on the rank, so the trained model is the same for
-    any number of ranks (to float rounding). BatchNorm2D keeps per-rank batch statistics (as PyTorch's
-    DistributedDataParallel); its running statistics are those of each rank's own batches.
+    any number of ranks (to float rounding). BatchNorm2D keeps per-rank batch statistics by default (as
+    PyTorch's DistributedDataParallel); its running statistics are those of each rank's own batches.
+    sync_batchnorm=True (with distributed=True) synchronizes them instead, as PyTorch's SyncBatchNorm:
+    every BatchNorm2D normalizes with the global batch's mean and variance, and its running statistics
+    are the global batch's, alike on every rank (two small blocking allreduces per layer and step; see
+    gpucnn.distributed.DataParallel). With it, batch-norm models too train as in one process.
 
     cuda_graph=True (cupy backend, models without Dropout): full batches run as one captured CUDA
     graph, replayed with no allocation and no host synchronization per step; loss and accuracy are
@@ -116,6 +120,9 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_s
     if model.optimizer is None:
         model.compile("adam")
     ddp = None
+    if sync_batchnorm and not distributed:
+        raise ValueError("fit: sync_batchnorm=True synchronizes batch statistics over the ranks of a "
+                         "distributed run and needs distributed=True")
     if distributed:
         from . import distributed as dist
         if cuda_graph:
@@ -125,7 +132,8 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, validation_s
             raise ValueError(f"fit: batch_size {batch_size} is the global batch and must divide evenly over the "
                              f"{dist.size()} ranks (a multiple of {dist.size()})")
         dist.broadcast(model)
-        ddp = dist.DataParallel(model, **({} if bucket_bytes is None else {"bucket_bytes": bucket_bytes}))
+        ddp = dist.DataParallel(model, sync_batchnorm=sync_batchnorm,
+                                **({} if bucket_bytes is None else {"bucket_bytes": bucket_bytes}))
         if dist.rank() != 0:
             verbose = 0
     history = History()

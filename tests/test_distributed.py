@@ -274,14 +274,16 @@ def test_info_reports_mpi_and_nccl(capsys):
 
 def test_fit_three_ranks_short_last_batch_matches_one_process(tmp_path):
     """26 training rows, global batch 6 over 3 ranks: the last batch has 2 rows (rank 2 gets none); with
-    validation_split and dropout, the weights and the history match fit in one process."""
+    validation_split and dropout, the weights and the history match fit in one process. 64 KiB buckets (10):
+    the rank without rows marks its zero gradients in backward's order, so its buckets' collectives start
+    in the other ranks' order (in parameter order they did not, and the weights came out wrong by ~5e-3)."""
     w = script(tmp_path, """
         import sys, numpy as np
         from gpucnn import data, distributed as d, models
         x, y = data.load_digits()
         m = models.get("digits_cnn", seed=0)
         h = m.fit(x[:33], y[:33], epochs=2, batch_size=6, seed=1, validation_split=0.2, verbose=0,
-                  distributed=sys.argv[1] == "1")
+                  distributed=sys.argv[1] == "1", bucket_bytes=1 << 16)
         if d.rank() == 0:
             np.savez(f"w{sys.argv[1]}.npz", **m.state_dict(), **{k: np.array(v) for k, v in h.history.items()})
         """)
@@ -293,3 +295,123 @@ def test_fit_three_ranks_short_last_batch_matches_one_process(tmp_path):
     assert "val_accuracy" in a.files
     for k in a.files:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+# ------------------------------------------------------------------------------------- synchronized batch norm
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cupy"])
+def test_sync_batch_norm_layer_matches_one_process_on_the_global_batch(tmp_path, backend):
+    """BatchNorm2D with sync over 3 ranks: every rank's rows of y and dx, the averaged weight/bias gradients
+    and the running statistics equal one process's batch norm on the concatenated batch, for even, uneven
+    and empty shares, 4-D and 2-D inputs; dy on each rank is scaled as DataParallel's mean loss over its own
+    rows makes it (rows * ranks / global rows, undone by the gradient weighting). NumPy in float64 to 1e-10;
+    the CuPy backend's kernels (float32 only; emulated on the CPU here) to 2e-4."""
+    from gpucnn import backend as gb
+    why = gb.get_backend(backend).probe()
+    if why:
+        pytest.skip(f"backend {backend}: {why}")
+    w = script(tmp_path, """
+        import sys, numpy as np, gpucnn
+        from gpucnn import distributed as d, functional as F
+        from gpucnn.layers import BatchNorm2D
+        gpucnn.use_backend(sys.argv[1])
+        dt = np.float64 if sys.argv[1] == "numpy" else np.float32
+        tol = dict(rtol=1e-10, atol=1e-12) if dt == np.float64 else dict(rtol=2e-4, atol=2e-5)
+        rank, size = d.init()
+        sync = d.BatchNormSync(d._state["comm"])
+        host = F.to_numpy
+
+        def layer(shape):
+            bn = BatchNorm2D(momentum=0.3)
+            bn.input_shape = shape[1:]
+            bn.build(np.random.default_rng(0), dt)
+            g = np.random.default_rng(1)
+            for store, k in (("params", "weight"), ("params", "bias"), ("buffers", "running_mean"),
+                             ("buffers", "running_var")):
+                a = getattr(bn, store)[k]
+                getattr(bn, store)[k] = F.asarray((a + (k != "running_var") * g.standard_normal(shape[1])).astype(dt))
+            return bn
+
+        for shape in [(8, 3, 2, 3), (7, 5), (2, 2, 2, 2)]:
+            g = np.random.default_rng(list(shape))
+            x = (g.standard_normal(shape) * 2 + 0.5).astype(dt)
+            dy = g.standard_normal(shape).astype(dt)
+            ref = layer(shape)
+            y_ref = host(ref.forward(F.asarray(x), training=True))
+            dx_ref = host(ref.backward(F.asarray(dy)))
+            b = shape[0]
+            for cut in ([0, b // 3, 2 * b // 3, b], [0, 1, b - 1, b], [0, 0, b, b], [0, b, b, b]):
+                lo, hi = cut[rank], cut[rank + 1]
+                n = hi - lo
+                scale = n * size / b  # DataParallel's: this rank's loss is the mean over its n rows
+                bn = layer(shape)
+                bn.sync = sync
+                sync.dy_scale = scale
+                y = host(bn.forward(F.asarray(x[lo:hi].copy()), training=True))
+                dx = host(bn.backward(F.asarray((dy[lo:hi] * dt(b / max(n, 1))).astype(dt))))
+                where = f"{shape} {cut} rank {rank}"
+                np.testing.assert_allclose(y, y_ref[lo:hi], err_msg=where, **tol)
+                np.testing.assert_allclose(dx * dt(n / b), dx_ref[lo:hi], err_msg=where, **tol)
+                grads = d.allreduce_mean({k: host(bn.grads[k]) * dt(scale) for k in ("weight", "bias")})
+                for k in ("weight", "bias"):
+                    np.testing.assert_allclose(grads[k], host(ref.grads[k]), err_msg=where + k, **tol)
+                for k in ("running_mean", "running_var"):
+                    np.testing.assert_allclose(host(bn.buffers[k]), host(ref.buffers[k]), err_msg=where + k, **tol)
+        bn = layer((4, 3))
+        bn.sync = sync
+        try:  # one value per channel over all ranks: refused on every rank alike
+            bn.forward(F.asarray(np.ones((1 if rank == 0 else 0, 3), dt)), training=True)
+        except ValueError as e:
+            assert "more than one value per channel over all ranks, got 1" in str(e), e
+        else:
+            raise AssertionError("a global batch of one value per channel was not refused")
+        open(f"ok{rank}", "w").write("ok")
+        """)
+    p, _ = mpirun(3, sys.executable, w, backend, timeout=60, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr + p.stdout
+    assert all((tmp_path / f"ok{r}").exists() for r in range(3))
+
+
+def test_fit_sync_batchnorm_matches_one_process(tmp_path):
+    """fit(..., distributed=True, sync_batchnorm=True) with batch norm after a conv and after a dense layer,
+    3 ranks, 1.4 KB gradient buckets (7), a short last batch of 2 rows (1 + 1 + none: rank 2 takes part in
+    the collectives with empty batches): weights, running statistics and history equal one process's fit
+    (per-rank batch norm, the default, could not even run this: one value per channel on a rank)."""
+    w = script(tmp_path, """
+        import sys, numpy as np
+        from gpucnn import Sequential, data, distributed as d
+        from gpucnn.layers import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+        x, y = data.load_digits()
+        # no biases before batch norm: their gradients are rounding noise (batch norm takes the mean out), which
+        # Adam's step, normalized by the gradient's size, would turn into different weights in any two runs
+        m = Sequential([Conv2D(8, 3, padding="same", use_bias=False), BatchNorm2D(), ReLU(), MaxPool2D(2),
+                        Flatten(), Dense(16, use_bias=False), BatchNorm2D(), ReLU(), Dense(10)],
+                       input_shape=(1, 8, 8), seed=0)
+        mode = sys.argv[1]
+        h = m.fit(x[:160], y[:160], epochs=2, batch_size=18, seed=1, validation_split=0.2, verbose=0,
+                  distributed=mode != "one", sync_batchnorm=mode == "sync", bucket_bytes=1400)
+        if d.rank() == 0:
+            np.savez(f"w_{mode}.npz", **m.state_dict(), **{k: np.array(v) for k, v in h.history.items()})
+        """)
+    one = subprocess.run([sys.executable, w, "one"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env=_env())
+    assert one.returncode == 0, one.stderr
+    p, _ = mpirun(3, sys.executable, w, "sync", timeout=60, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr + p.stdout
+    a, b = np.load(tmp_path / "w_one.npz"), np.load(tmp_path / "w_sync.npz")
+    assert any("running_var" in k for k in a.files) and "val_accuracy" in a.files
+    for k in a.files:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_sync_batchnorm_needs_distributed():
+    import gpucnn
+    from gpucnn import cli
+    from gpucnn.layers import BatchNorm2D, Dense
+    m = gpucnn.Sequential([Dense(4), BatchNorm2D(), Dense(2)], input_shape=(3,), seed=0)
+    with pytest.raises(ValueError, match="sync_batchnorm=True .* needs distributed=True"):
+        m.fit(np.zeros((4, 3), np.float32), np.zeros(4, int), verbose=0, sync_batchnorm=True)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--sync-bn", "--epochs", "1"])
+    assert "--sync-bn synchronizes batch-norm statistics over the ranks of a --distributed run" in str(e.value.code)

@@ -89,6 +89,55 @@ __device__ __forceinline__ void mma_tf32_16x8x8(float (&d)[4], const unsigned (&
 #endif
 }
 
+// Asynchronous global -> shared copies (cp.async, sm_80+): 4 bytes (.ca) or 16 bytes (.cg, both
+// addresses 16-byte aligned), zero-filled when !valid (src-size 0: nothing is read). A thread sees
+// its copies in shared memory after cp_async_wait_all(); other threads after a __syncthreads() too.
+// The destination is a shared-memory address (smem_t: the 32-bit shared window address on a device,
+// a pointer in the emulator), taken once per kernel by smem_address and offset by smem_at.
+#ifdef GPUCNN_HOSTEMU
+typedef float* smem_t;
+__device__ __forceinline__ smem_t smem_address(float* p) { return p; }
+__device__ __forceinline__ smem_t smem_at(smem_t s, int floats) { return s + floats; }
+#else
+typedef unsigned smem_t;
+__device__ __forceinline__ smem_t smem_address(float* p) {
+    unsigned d;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(d) : "l"(p));
+    return d;
+}
+__device__ __forceinline__ smem_t smem_at(smem_t s, int floats) { return s + 4u * unsigned(floats); }
+#endif
+
+// p + i * stride bytes for a per-thread stride and a constant i: one wide multiply-add, no 32-bit
+// offset to form first (the per-load address of a loader's run of equally spaced elements).
+__device__ __forceinline__ const float* advance(const float* p, unsigned stride_bytes, int i) {
+    return reinterpret_cast<const float*>(reinterpret_cast<const char*>(p) + uint64_t(stride_bytes) * unsigned(i));
+}
+
+__device__ __forceinline__ void cp_async4(smem_t dst, const float* src, bool valid) {
+#ifdef GPUCNN_HOSTEMU
+    hostemu::cp_async(dst, src, 1, valid);
+#else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));
+#endif
+}
+
+__device__ __forceinline__ void cp_async16(smem_t dst, const float* src, bool valid) {
+#ifdef GPUCNN_HOSTEMU
+    hostemu::cp_async(dst, src, 4, valid);
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+#endif
+}
+
+__device__ __forceinline__ void cp_async_wait_all() {
+#ifdef GPUCNN_HOSTEMU
+    hostemu::cp_async_wait_all();
+#else
+    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
     return v;  // complete in lane 0

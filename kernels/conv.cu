@@ -1,201 +1,451 @@
 // conv.cu: 2-D convolution (cross-correlation, NCHW, weights K x C x R x S) as implicit GEMM.
 //
-// No im2col buffer: each direction is a GEMM whose operands are gathered from the tensors on
-// the fly by the problem structs below and multiplied by gemm::block_tile (gemm.cuh).
+// No im2col buffer: each direction is a GEMM whose operands are gathered from the tensors on the
+// fly by the loaders below and multiplied by gemm::block_tile (gemm.cuh).
 //
 //   forward      y[n,k,p,q]  = b[k] + sum_{c,r,s} x[n,c,p*sh-pt+r, q*sw-pl+s] w[k,c,r,s]
-//                GEMM M = N*P*Q (output pixels), N = K, K = C*R*S; epilogue bias (+ ReLU)
+//                GEMM M = N*P*Q (output pixels), N = K, K = R*S*C ordered (r, s, c); epilogue bias (+ ReLU)
 //   data grad    dx[n,c,h,w] = sum_{k,r,s} dy[n,k,p,q] w[k,c,r,s] over p = (h+pt-r)/sh, q = (w+pl-s)/sw
-//                integral and in range; GEMM M = N*H*W, N = C, K = K*R*S; epilogue: optional ReLU
-//                mask (dx = 0 where the layer's input x <= 0: the backward of a ReLU feeding the conv)
+//                integral and in range; GEMM M = N*H*W, N = C, K = R*S*K; epilogue: optional ReLU mask
+//                (dx = 0 where the layer's input x <= 0: the backward of a ReLU feeding the conv).
+//                With stride 1 it IS a forward convolution: of dy, with the filters flipped (r -> R-1-r,
+//                s -> S-1-s) and transposed (k <-> c), padding R-1-pt and S-1-pl; it runs as one.
 //   weight grad  dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] x[n,c,p*sh-pt+r, q*sw-pl+s]
-//                GEMM M = C*R*S, N = K, K = N*P*Q, split over gridDim.z: block z writes its partial
-//                sum to ws + z*K*C*R*S, and splitk_reduce adds the partials (deterministic; no atomics)
-//   bias grad    db[k] = sum_{n,p,q} dy[n,k,p,q]: one block per k
+//                GEMM M = R*S*C ordered (r, s, c), N = K, K = N*P*Q; split over gridDim.z (partials
+//                reduced by splitk_reduce in split order: deterministic, no atomics)
+//   bias grad    db[k] = sum_{n,p,q} dy[n,k,p,q]
 //
-// Any stride, any (asymmetric) zero padding: only the top and left pads enter the index math,
-// P and Q carry the rest. Indices are 32-bit (the launcher checks every tensor has < 2^31 elements).
+// The weights enter the forward and data-gradient GEMMs as a K x N matrix in memory (conv_weight_gemm
+// writes it each step: k = (r, s, c) rows, N padded to a multiple of 4 with zeros), so their loads are
+// 16-byte copies at an incrementing address. Split-K (gridDim.z > 1) of a forward or data gradient
+// writes raw partials in the output's layout; splitk_epilogue adds them and applies the epilogue.
+//
+// The forward gather keeps no division in its main loop: K runs over (r, s) outer and the channels
+// c inner, BK = 16 channels a step, so one step is one filter tap (r, s) for every element a thread
+// loads: a bit of a per-pixel mask (computed once: which taps fall inside the image) says whether
+// the thread's pixel reads zeros, and each element's address is a per-thread offset plus a running
+// one. It needs C % 16 == 0 and R*S <= 32 (ConvFwd<true>); other shapes take ConvFwd<false>, which
+// decomposes each k with multiply-shift divisions. Any stride, any (asymmetric) zero padding: only the
+// top and left pads enter the index math, P and Q carry the rest. Indices are 32-bit (the launcher
+// checks every tensor has < 2^31 elements).
 #include "gemm.cuh"
 
 struct ConvDims {
     int N, C, H, W, K, R, S, P, Q, sh, sw, pt, pl;
 };
 
-// ------------------------------------------------------------------ forward
-// VEC4: weights fetched as float4 (C*R*S % 4 == 0 and w 16-byte aligned; the launcher checks).
-template <bool VEC4>
-struct FwdProblem {
-    static constexpr bool A_K_FAST = false;  // consecutive threads: consecutive output pixels
-    static constexpr bool B_K_FAST = true;   // weights: consecutive k of one filter
-    static constexpr bool B_VEC4 = VEC4;
-    const float* x;
-    const float* w;
+// A forward convolution in its own terms: input N x Ci x Hi x Wi, output N x Co x Ho x Wo.
+struct Geom {
+    int N, Ci, Hi, Wi, Co, Ho, Wo, R, S, sh, sw, pt, pl;
+};
+__device__ __forceinline__ Geom forward_geom(const ConvDims& d) {
+    return {d.N, d.C, d.H, d.W, d.K, d.P, d.Q, d.R, d.S, d.sh, d.sw, d.pt, d.pl};
+}
+// the stride-1 data gradient: dy convolved with the flipped, transposed filters
+__device__ __forceinline__ Geom dgrad_geom(const ConvDims& d) {
+    return {d.N, d.K, d.P, d.Q, d.C, d.H, d.W, d.R, d.S, 1, 1, d.R - 1 - d.pt, d.S - 1 - d.pl};
+}
+
+// Where C(m, n) goes in a forward-shaped GEMM: m = (image, output pixel), n = output channel, y NCHW.
+// partial: a split-K partial, stored raw (splitk_epilogue applies the rest); else bias, ReLU, mask.
+struct ConvOut {
+    float* out;
     const float* bias;
-    float* y;
-    ConvDims d;
-    int M, N, K, relu;
-    FastDiv divPQ, divQ, divRS, divS;
+    const float* mask;
+    int relu, partial, Co, HoWo;
+    FastDiv div_hw;
 
-    __device__ FwdProblem(const float* x_, const float* w_, const float* b_, float* y_, ConvDims d_, int relu_)
-        : x(x_), w(w_), bias(b_), y(y_), d(d_), M(d_.N * d_.P * d_.Q), N(d_.K), K(d_.C * d_.R * d_.S),
-          relu(relu_), divPQ(d_.P * d_.Q), divQ(d_.Q), divRS(d_.R * d_.S), divS(d_.S) {}
-
-    struct Row { int base, h0, w0; bool ok; };
-    __device__ Row row(int m) const {
-        int n, pq, p, q;
-        divPQ.divmod(m < M ? m : 0, n, pq);
-        divQ.divmod(pq, p, q);
-        return {n * d.C * d.H * d.W, p * d.sh - d.pt, q * d.sw - d.pl, m < M};
-    }
-    __device__ float a(const Row& r, int k) const {
-        int c, rs, fr, fs;
-        divRS.divmod(k, c, rs);
-        divS.divmod(rs, fr, fs);
-        const int h = r.h0 + fr, ww = r.w0 + fs;
-        const bool in = r.ok && k < K && unsigned(h) < unsigned(d.H) && unsigned(ww) < unsigned(d.W);
-        return in ? __ldg(x + r.base + (c * d.H + h) * d.W + ww) : 0.f;
-    }
-    struct Col { int base; bool ok; };
-    __device__ Col col(int n) const { return {n * K, n < N}; }
-    __device__ float b(const Col& c, int k) const { return c.ok && k < K ? __ldg(w + c.base + k) : 0.f; }
-    __device__ float4 b4(const Col& c, int k) const {
-        return c.ok && k < K ? __ldg(reinterpret_cast<const float4*>(w + c.base + k)) : make_float4(0.f, 0.f, 0.f, 0.f);
+    __device__ float finish(int i, int n, float v) const {
+        if (partial) return v;
+        if (bias) v += __ldg(bias + n);
+        if (relu) v = fmaxf(v, 0.f);
+        if (mask && !(__ldg(mask + i) > 0.f)) v = 0.f;
+        return v;
     }
     __device__ void store(int m, int n, float v) const {
         int img, pq;
-        divPQ.divmod(m, img, pq);
-        if (bias) v += __ldg(bias + n);
-        if (relu) v = fmaxf(v, 0.f);
-        y[(img * N + n) * (d.P * d.Q) + pq] = v;
+        div_hw.divmod(m, img, pq);
+        const int i = (img * Co + n) * HoWo + pq;
+        out[i] = finish(i, n, v);
+    }
+    // m % 4 == 0: with HoWo % 4 == 0 the four pixels are consecutive in one image (one 16-byte store)
+    __device__ void store4(int m, int n, float4 v) const {
+        if (HoWo % 4) {
+            store(m, n, v.x); store(m + 1, n, v.y); store(m + 2, n, v.z); store(m + 3, n, v.w);
+            return;
+        }
+        int img, pq;
+        div_hw.divmod(m, img, pq);
+        const int i = (img * Co + n) * HoWo + pq;
+        *reinterpret_cast<float4*>(out + i) =
+            make_float4(finish(i, n, v.x), finish(i + 1, n, v.y), finish(i + 2, n, v.z), finish(i + 3, n, v.w));
     }
 };
 
-// ------------------------------------------------------------------ data gradient
-struct DgradProblem {
-    static constexpr bool A_K_FAST = false;  // consecutive input pixels
-    static constexpr bool B_K_FAST = false;  // consecutive input channels c of w[k, c, r, s]
-    static constexpr bool B_VEC4 = false;
+// ------------------------------------------------------------------ forward (and stride-1 data gradient)
+// A(m, k) = x[img, c, p*sh - pt + r, q*sw - pl + s], k = (r*S + s)*Ci + c; B(k, n) = wg[k * Npad + n].
+// TAPS: C % BK == 0 and R*S <= 32 (one tap per K step, a tap mask per pixel); else any shape.
+template <bool TAPS>
+struct ConvFwd {
+    const float* x;
+    const float* wg;
+    Geom g;
+    int M, N, Npad, Kg;
+    ConvOut o;
+    struct Step {};
+    __device__ Step step(int, int) const { return {}; }
+    __device__ void store(int m, int n, float v) const { o.store(m, n, v); }
+    __device__ void store4(int m, int n, float4 v) const { o.store4(m, n, v); }
+
+    // Each thread loads the pixels m0 + am + j*NT (RPT of them) at the K offsets kf + i*KSTEP of a step.
+    template <int ROWS, int NT>
+    struct ALoad {
+        static constexpr int L = ROWS * gemm::BK / NT;          // loads per thread per step
+        static constexpr int RPT = ROWS > NT ? ROWS / NT : 1;   // pixels per thread
+        static constexpr int KPT = L / RPT;                     // K offsets per pixel
+        static constexpr int KSTEP = NT >= ROWS ? NT / ROWS : 1;
+        static constexpr int P = ROWS + gemm::PAD;
+        const float* x;
+        int at, kf, HW, Hi, Wi, Ci, S, Kg;
+        int row[RPT];         // offset of (img, 0, h0, w0): may be negative, only in-image taps are read
+        unsigned taps[RPT];   // TAPS: bit r*S + s set when tap (r, s) of the pixel is inside the image
+        int h0[RPT], w0[RPT]; // !TAPS: the window's corner
+        // TAPS: the step's tap and channel block, kept incrementally; !TAPS: the step's first k
+        int rs, s, c0, coff, k0;
+        FastDiv div_c, div_s;
+
+        __device__ ALoad(const ConvFwd& p, int m0, int t, int kt)
+            : x(p.x), HW(p.g.Hi * p.g.Wi), Hi(p.g.Hi), Wi(p.g.Wi), Ci(p.g.Ci), S(p.g.S), Kg(p.Kg), div_c(p.g.Ci),
+              div_s(p.g.S) {
+            const Geom& g = p.g;
+            const int am = t % (NT < ROWS ? NT : ROWS);
+            kf = NT >= ROWS ? t / ROWS : 0;
+            at = kf * P + am;
+#pragma unroll
+            for (int j = 0; j < RPT; ++j) {
+                const int m = m0 + am + j * NT;
+                const int PQ = g.Ho * g.Wo;
+                const int img = m / PQ, pq = m % PQ, pp = pq / g.Wo, q = pq % g.Wo;
+                h0[j] = pp * g.sh - g.pt;
+                w0[j] = q * g.sw - g.pl;
+                row[j] = img * g.Ci * HW + h0[j] * g.Wi + w0[j];
+                taps[j] = 0;
+                if (m < p.M) {
+                    if (TAPS) {
+                        for (int r = 0; r < g.R; ++r)
+                            for (int ss = 0; ss < g.S; ++ss)
+                                if (unsigned(h0[j] + r) < unsigned(g.Hi) && unsigned(w0[j] + ss) < unsigned(g.Wi))
+                                    taps[j] |= 1u << (r * g.S + ss);
+                    } else {
+                        taps[j] = 1;
+                    }
+                }
+            }
+            const int blocks = g.Ci / gemm::BK;  // TAPS: channel blocks per tap
+            if (TAPS) {
+                rs = kt / blocks;
+                c0 = (kt % blocks) * gemm::BK;
+                s = rs % g.S;
+                coff = (c0 + kf) * HW + (rs / g.S) * g.Wi + s;
+            }
+            k0 = kt * gemm::BK + kf;
+        }
+
+        template <class St>
+        __device__ __forceinline__ void fetch(smem_t stage, const St&) {
+            if (TAPS) {
+#pragma unroll
+                for (int j = 0; j < RPT; ++j) {
+                    const bool ok = (taps[j] >> rs) & 1u;
+                    const unsigned first = unsigned(row[j] + coff);
+#pragma unroll
+                    for (int i = 0; i < KPT; ++i)
+                        cp_async4(smem_at(stage, at + i * KSTEP * P + j * NT), x + (first + unsigned(i * KSTEP * HW)), ok);
+                }
+                // next step: the next BK channels, or the next tap
+                c0 += gemm::BK;
+                coff += gemm::BK * HW;
+                if (c0 == Ci) {
+                    c0 = 0;
+                    ++rs;
+                    ++s;
+                    coff += 1 - Ci * HW;
+                    if (s == S) {
+                        s = 0;
+                        coff += Wi - S;
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < KPT; ++i) {
+                    const int k = k0 + i * KSTEP;
+                    int rs_, c, r, ss;
+                    div_c.divmod(k < Kg ? k : 0, rs_, c);
+                    div_s.divmod(rs_, r, ss);
+#pragma unroll
+                    for (int j = 0; j < RPT; ++j) {
+                        const int h = h0[j] + r, w = w0[j] + ss;
+                        const bool ok = taps[j] && k < Kg && unsigned(h) < unsigned(Hi) && unsigned(w) < unsigned(Wi);
+                        cp_async4(smem_at(stage, at + i * KSTEP * P + j * NT), x + unsigned(row[j] + c * HW + r * Wi + ss), ok);
+                    }
+                }
+                k0 += gemm::BK;
+            }
+        }
+        __device__ void stash(float*) {}
+    };
+
+    template <int ROWS, int NT>
+    struct BLoad : gemm::ViewLoad<ROWS, NT, gemm::ROW_VEC4> {
+        __device__ BLoad(const ConvFwd& p, int n0, int t, int kt)
+            : gemm::ViewLoad<ROWS, NT, gemm::ROW_VEC4>(gemm::View{p.wg, p.Npad, p.Kg, 1, p.Npad}, n0, t, kt) {}
+    };
+};
+
+// ------------------------------------------------------------------ data gradient, any stride
+// A(m, k) = dy[img, kf, p, q] with (h + pt - r) = p*sh, (w + pl - s) = q*sw, k = (r'*S + s')*K + kf over the
+// flipped tap (r', s') = (R-1-r, S-1-s), so that B is the same flipped weight matrix as the stride-1 one.
+struct ConvDgrad {
     const float* dy;
-    const float* w;
-    const float* mask;  // the layer's input x when a ReLU produced it (dx = 0 where x <= 0), else null
-    float* dx;
+    const float* wg;
     ConvDims d;
-    int M, N, K;
-    FastDiv divHW, divW, divRS, divS, divSh, divSw;
+    int M, N, Npad, Kg;
+    ConvOut o;
+    struct Step {};
+    __device__ Step step(int, int) const { return {}; }
+    __device__ void store(int m, int n, float v) const { o.store(m, n, v); }
+    __device__ void store4(int m, int n, float4 v) const { o.store4(m, n, v); }
 
-    __device__ DgradProblem(const float* dy_, const float* w_, const float* mask_, float* dx_, ConvDims d_)
-        : dy(dy_), w(w_), mask(mask_), dx(dx_), d(d_), M(d_.N * d_.H * d_.W), N(d_.C), K(d_.K * d_.R * d_.S),
-          divHW(d_.H * d_.W), divW(d_.W), divRS(d_.R * d_.S), divS(d_.S), divSh(d_.sh), divSw(d_.sw) {}
+    template <int ROWS, int NT>
+    struct ALoad {
+        static constexpr int L = ROWS * gemm::BK / NT;
+        static constexpr int RPT = ROWS > NT ? ROWS / NT : 1;
+        static constexpr int KPT = L / RPT;
+        static constexpr int KSTEP = NT >= ROWS ? NT / ROWS : 1;
+        static constexpr int P = ROWS + gemm::PAD;
+        const ConvDgrad& p;
+        int at, kf, k0;
+        int base[RPT], h[RPT], w[RPT];
+        bool ok[RPT];
+        FastDiv div_k, div_s, div_sh, div_sw;
 
-    struct Row { int base, h, w; bool ok; };
-    __device__ Row row(int m) const {
-        int n, hw, h, ww;
-        divHW.divmod(m < M ? m : 0, n, hw);
-        divW.divmod(hw, h, ww);
-        return {n * d.K * d.P * d.Q, h + d.pt, ww + d.pl, m < M};
-    }
-    __device__ float a(const Row& r, int k) const {
-        int kf, rs, fr, fs, p, q, rp, rq;
-        divRS.divmod(k, kf, rs);
-        divS.divmod(rs, fr, fs);
-        const int hp = r.h - fr, wq = r.w - fs;  // = p*sh and q*sw when this tap reached (h, w)
-        if (!r.ok || k >= K || hp < 0 || wq < 0) return 0.f;
-        divSh.divmod(hp, p, rp);
-        divSw.divmod(wq, q, rq);
-        if (rp || rq || p >= d.P || q >= d.Q) return 0.f;
-        return __ldg(dy + r.base + (kf * d.P + p) * d.Q + q);
-    }
-    struct Col { int c; bool ok; };
-    __device__ Col col(int n) const { return {n, n < N}; }
-    __device__ float b(const Col& c, int k) const {
-        if (!c.ok || k >= K) return 0.f;
-        int kf, rs;
-        divRS.divmod(k, kf, rs);
-        return __ldg(w + (kf * d.C + c.c) * (d.R * d.S) + rs);
-    }
-    __device__ float4 b4(const Col&, int) const { return make_float4(0.f, 0.f, 0.f, 0.f); }
-    __device__ void store(int m, int n, float v) const {
-        int img, hw;
-        divHW.divmod(m, img, hw);
-        const int i = (img * N + n) * (d.H * d.W) + hw;
-        if (mask && !(__ldg(mask + i) > 0.f)) v = 0.f;
-        dx[i] = v;
-    }
+        __device__ ALoad(const ConvDgrad& p_, int m0, int t, int kt)
+            : p(p_), div_k(p_.d.K), div_s(p_.d.S), div_sh(p_.d.sh), div_sw(p_.d.sw) {
+            const ConvDims& d = p.d;
+            const int am = t % (NT < ROWS ? NT : ROWS);
+            kf = NT >= ROWS ? t / ROWS : 0;
+            at = kf * P + am;
+#pragma unroll
+            for (int j = 0; j < RPT; ++j) {
+                const int m = m0 + am + j * NT, HW = d.H * d.W;
+                const int img = m / HW, hw = m % HW;
+                base[j] = img * d.K * d.P * d.Q;
+                h[j] = hw / d.W + d.pt;
+                w[j] = hw % d.W + d.pl;
+                ok[j] = m < p.M;
+            }
+            k0 = kt * gemm::BK;
+        }
+        template <class St>
+        __device__ __forceinline__ void fetch(smem_t stage, const St&) {
+            const ConvDims& d = p.d;
+#pragma unroll
+            for (int i = 0; i < KPT; ++i) {
+                const int k = k0 + kf + i * KSTEP;
+                int rs, kk, r, s;
+                div_k.divmod(k < p.Kg ? k : 0, rs, kk);
+                div_s.divmod(rs, r, s);
+                r = d.R - 1 - r;
+                s = d.S - 1 - s;
+#pragma unroll
+                for (int j = 0; j < RPT; ++j) {
+                    const int hp = h[j] - r, wq = w[j] - s;  // = p*sh and q*sw when this tap reached (h, w)
+                    int pp = 0, q = 0, rp = 1, rq = 1;
+                    if (hp >= 0 && wq >= 0) {
+                        div_sh.divmod(hp, pp, rp);
+                        div_sw.divmod(wq, q, rq);
+                    }
+                    const bool in = ok[j] && k < p.Kg && !rp && !rq && pp < d.P && q < d.Q;
+                    cp_async4(smem_at(stage, at + i * KSTEP * P + j * NT), p.dy + unsigned(base[j] + (kk * d.P + pp) * d.Q + q), in);
+                }
+            }
+            k0 += gemm::BK;
+        }
+        __device__ void stash(float*) {}
+    };
+
+    template <int ROWS, int NT>
+    struct BLoad : gemm::ViewLoad<ROWS, NT, gemm::ROW_VEC4> {
+        __device__ BLoad(const ConvDgrad& p, int n0, int t, int kt)
+            : gemm::ViewLoad<ROWS, NT, gemm::ROW_VEC4>(gemm::View{p.wg, p.Npad, p.Kg, 1, p.Npad}, n0, t, kt) {}
+    };
 };
 
 // ------------------------------------------------------------------ weight gradient
-struct WgradProblem {
-    static constexpr bool A_K_FAST = true;  // consecutive output pixels (coalesced x and dy reads)
-    static constexpr bool B_K_FAST = true;
-    static constexpr bool B_VEC4 = false;
+// A(m, k) = x[img, c, p*sh - pt + r, q*sw - pl + s] with m = (r*S + s)*C + c, k = (img, p, q);
+// B(k, n) = dy[img, n, p, q]. Each thread loads one k of every step (its pixel, decomposed once a step
+// in `step`, shared by both loaders) for a run of consecutive m (A) and n (B).
+// BLOCKED: C % (run length) == 0, so a thread's run is one tap (r, s): one bounds check a step.
+template <bool BLOCKED>
+struct ConvWgrad {
     const float* x;
     const float* dy;
-    float* out;  // this split's partial (or dw itself when there is one split)
+    float* out;  // this split's partial, dw's layout (or dw itself)
     ConvDims d;
-    int M, N, K;
-    FastDiv divPQ, divQ, divRS, divS;
+    int M, N, Kpix;  // Kpix = N*P*Q
+    FastDiv div_pq, div_q, div_c, div_rs;
 
-    __device__ WgradProblem(const float* x_, const float* dy_, float* out_, ConvDims d_)
-        : x(x_), dy(dy_), out(out_), d(d_), M(d_.C * d_.R * d_.S), N(d_.K), K(d_.N * d_.P * d_.Q),
-          divPQ(d_.P * d_.Q), divQ(d_.Q), divRS(d_.R * d_.S), divS(d_.S) {}
+    struct Step {
+        int xbase, hp, wq, dybase;
+        bool ok;
+    };
+    __device__ Step step(int t, int kt) const {
+        const int k = kt * gemm::BK + t % gemm::BK;
+        int img, pq, pp, q;
+        div_pq.divmod(k < Kpix ? k : 0, img, pq);
+        div_q.divmod(pq, pp, q);
+        const int hp = pp * d.sh, wq = q * d.sw;
+        return {img * d.C * d.H * d.W + hp * d.W + wq, hp, wq, img * d.K * d.P * d.Q + pq, k < Kpix};
+    }
+    // C(m, n) = dw[n, c, r, s] with m = rs*C + c
+    __device__ void store(int m, int n, float v) const {
+        int rs, c;
+        div_c.divmod(m, rs, c);
+        out[(n * d.C + c) * (d.R * d.S) + rs] = v;
+    }
+    __device__ void store4(int m, int n, float4 v) const {
+        store(m, n, v.x); store(m + 1, n, v.y); store(m + 2, n, v.z); store(m + 3, n, v.w);
+    }
 
-    struct Row { int base, r, s; bool ok; };
-    __device__ Row row(int m) const {
-        int c, rs, fr, fs;
-        divRS.divmod(m < M ? m : 0, c, rs);
-        divS.divmod(rs, fr, fs);
-        return {c * d.H * d.W, fr - d.pt, fs - d.pl, m < M};
-    }
-    __device__ float a(const Row& r, int k) const {
-        int n, pq, p, q;
-        divPQ.divmod(k < K ? k : 0, n, pq);
-        divQ.divmod(pq, p, q);
-        const int h = p * d.sh + r.r, ww = q * d.sw + r.s;
-        const bool in = r.ok && k < K && unsigned(h) < unsigned(d.H) && unsigned(ww) < unsigned(d.W);
-        return in ? __ldg(x + n * d.C * d.H * d.W + r.base + h * d.W + ww) : 0.f;
-    }
-    struct Col { int k; bool ok; };
-    __device__ Col col(int n) const { return {n, n < N}; }
-    __device__ float b(const Col& c, int k) const {
-        if (!c.ok || k >= K) return 0.f;
-        int n, pq;
-        divPQ.divmod(k, n, pq);
-        return __ldg(dy + (n * N + c.k) * (d.P * d.Q) + pq);
-    }
-    __device__ float4 b4(const Col&, int) const { return make_float4(0.f, 0.f, 0.f, 0.f); }
-    __device__ void store(int m, int n, float v) const { out[n * M + m] = v; }
+    template <int ROWS, int NT>
+    struct ALoad {
+        static constexpr int L = ROWS * gemm::BK / NT;  // consecutive m of one k
+        static constexpr int P = ROWS + gemm::PAD;
+        static constexpr int OUT = -0x4000;             // a tap offset no pixel brings inside the image
+        const float* x;
+        int at0, HW, H, W;
+        int xoff[BLOCKED ? 1 : L];  // c*H*W + (r - pt)*W + (s - pl) of each m (BLOCKED: of the run's first)
+        int tap[BLOCKED ? 1 : L];   // (r - pt) << 16 | (s - pl) & 0xffff; OUT << 16 past M
+
+        __device__ ALoad(const ConvWgrad& p, int m0, int t, int) : x(p.x), HW(p.d.H * p.d.W), H(p.d.H), W(p.d.W) {
+            const int k = t % gemm::BK, mb = (t / gemm::BK) * L;
+            at0 = k * P + mb;
+#pragma unroll
+            for (int i = 0; i < (BLOCKED ? 1 : L); ++i) {
+                const int m = m0 + mb + i;
+                int rs, c, r, s;
+                p.div_c.divmod(m < p.M ? m : 0, rs, c);
+                p.div_rs.divmod(rs, r, s);
+                const int rr = m < p.M ? r - p.d.pt : OUT, ss = s - p.d.pl;
+                xoff[i] = c * HW + rr * W + ss;
+                tap[i] = int(unsigned(rr) << 16 | (unsigned(ss) & 0xffffu));
+            }
+        }
+        __device__ __forceinline__ bool inside(const Step& st, int i) const {
+            return st.ok && unsigned(st.hp + (tap[i] >> 16)) < unsigned(H) && unsigned(st.wq + short(tap[i] & 0xffff)) < unsigned(W);
+        }
+        __device__ __forceinline__ void fetch(smem_t stage, const Step& st) {
+            if (BLOCKED) {  // one tap for the whole run
+                const bool ok = inside(st, 0);
+                const float* first = x + unsigned(st.xbase + xoff[0]);
+#pragma unroll
+                for (int i = 0; i < L; ++i) cp_async4(smem_at(stage, at0 + i), advance(first, HW * 4u, i), ok);
+            } else {
+#pragma unroll
+                for (int i = 0; i < L; ++i) cp_async4(smem_at(stage, at0 + i), x + unsigned(st.xbase + xoff[i]), inside(st, i));
+            }
+        }
+        __device__ void stash(float*) {}
+    };
+
+    template <int ROWS, int NT>
+    struct BLoad {
+        static constexpr int L = ROWS * gemm::BK / NT;
+        static constexpr int P = ROWS + gemm::PAD;
+        const float* dy;
+        int at0, PQ, nvalid;  // nvalid: how many of the run are < N
+
+        __device__ BLoad(const ConvWgrad& p, int n0, int t, int) : dy(p.dy), PQ(p.d.P * p.d.Q) {
+            const int k = t % gemm::BK, nb = (t / gemm::BK) * L;
+            at0 = k * P + nb;
+            dy += (n0 + nb) * PQ;
+            nvalid = p.N - (n0 + nb);
+        }
+        __device__ __forceinline__ void fetch(smem_t stage, const Step& st) {
+            const float* first = dy + unsigned(st.dybase);
+#pragma unroll
+            for (int i = 0; i < L; ++i) cp_async4(smem_at(stage, at0 + i), advance(first, PQ * 4u, i), st.ok && i < nvalid);
+        }
+        __device__ void stash(float*) {}
+    };
 };
 
 #define CONV_ARGS int N, int C, int H, int W, int K, int R, int S, int P, int Q, int sh, int sw, int pt, int pl
 #define CONV_DIMS ConvDims{N, C, H, W, K, R, S, P, Q, sh, sw, pt, pl}
 
-template <int BM, int BN, bool TF32, bool VEC4>
-__global__ void __launch_bounds__(GPUCNN_THREADS)
-conv2d_fwd(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-           float* __restrict__ y, int relu, CONV_ARGS) {
-    const FwdProblem<VEC4> p(x, w, bias, y, CONV_DIMS, relu);
-    gemm::block_tile<BM, BN, TF32>(p, blockIdx.x * BM, blockIdx.y * BN, 0, (p.K + gemm::BK - 1) / gemm::BK);
+// The filters as the forward's (FLIP false) or the data gradient's (FLIP true) K x Npad B matrix:
+//   forward  wg[((r*S + s)*C + c) * Npad + k] = w[k, c, r, s]                  (N = K filters)
+//   flipped  wg[((r*S + s)*K + k) * Npad + c] = w[k, c, R-1-r, S-1-s]          (N = C channels)
+// columns N..Npad-1 are zero.
+template <bool FLIP>
+__global__ void conv_weight_gemm(const float* __restrict__ w, float* __restrict__ wg, int K, int C, int RS, int Npad) {
+    const int Ci = FLIP ? K : C, Nn = FLIP ? C : K;
+    GRID_STRIDE_LOOP(i, RS * Ci * Npad) {
+        const int n = i % Npad, row = i / Npad, c = row % Ci, rs = row / Ci;
+        float v = 0.f;
+        if (n < Nn) v = FLIP ? w[(c * C + n) * RS + (RS - 1 - rs)] : w[(n * C + c) * RS + rs];
+        wg[i] = v;
+    }
 }
 
-template <int BM, int BN, bool TF32>
-__global__ void __launch_bounds__(GPUCNN_THREADS)
-conv2d_dgrad(const float* __restrict__ dy, const float* __restrict__ w, const float* __restrict__ mask,
-             float* __restrict__ dx, CONV_ARGS) {
-    const DgradProblem p(dy, w, mask, dx, CONV_DIMS);
-    gemm::block_tile<BM, BN, TF32>(p, blockIdx.x * BM, blockIdx.y * BN, 0, (p.K + gemm::BK - 1) / gemm::BK);
+// y = conv(x, w) + b (ReLU when relu), or with splits > 1 (gridDim.z) raw partials into out + z * size(y).
+// (The fast FP32 variants are held to 128 registers, two 256-thread blocks an SM; gemm::Tile::blocks.)
+template <int BM, int BN, bool TF32, bool TAPS>
+__global__ void __launch_bounds__(gemm::Tile<BM, BN>::NT, gemm::Tile<BM, BN>::blocks(TAPS, TF32))
+conv2d_fwd(const float* __restrict__ x, const float* __restrict__ wg, const float* __restrict__ bias,
+           float* __restrict__ out, int relu, int per, CONV_ARGS) {
+    const ConvDims d = CONV_DIMS;
+    const Geom g = forward_geom(d);
+    const int M = N * P * Q, Npad = (K + 3) & ~3, Kg = R * S * C, steps = (Kg + gemm::BK - 1) / gemm::BK;
+    const bool partial = gridDim.z > 1;
+    const ConvFwd<TAPS> p{x, wg, g, M, K, Npad, Kg,
+                          ConvOut{out + (partial ? size_t(blockIdx.z) * M * K : 0), bias, nullptr, relu, partial, K,
+                                  P * Q, FastDiv(P * Q)}};
+    const gemm::Split sp(steps, per);
+    gemm::block_tile<BM, BN, TF32>(p, blockIdx.x * BM, blockIdx.y * BN, sp.begin, sp.end);
 }
 
-// Split z covers K steps [z * steps_per_split, (z + 1) * steps_per_split).
-template <int BM, int BN, bool TF32>
-__global__ void __launch_bounds__(GPUCNN_THREADS)
-conv2d_wgrad(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ ws,
-             int steps_per_split, CONV_ARGS) {
-    WgradProblem p(x, dy, ws, CONV_DIMS);
-    p.out = ws + size_t(blockIdx.z) * p.M * p.N;
-    const int steps = (p.K + gemm::BK - 1) / gemm::BK;
-    const int begin = blockIdx.z * steps_per_split;
-    const int end = begin + steps_per_split < steps ? begin + steps_per_split : steps;
-    gemm::block_tile<BM, BN, TF32>(p, blockIdx.x * BM, blockIdx.y * BN, begin, end);
+// dx = the data gradient (0 where mask <= 0 when mask is given), or split partials as above.
+// FWD: stride 1, K % 16 == 0 and R*S <= 32: run as the forward convolution of dy with the flipped filters.
+template <int BM, int BN, bool TF32, bool FWD>
+__global__ void __launch_bounds__(gemm::Tile<BM, BN>::NT, gemm::Tile<BM, BN>::blocks(FWD, TF32))
+conv2d_dgrad(const float* __restrict__ dy, const float* __restrict__ wg, const float* __restrict__ mask,
+             float* __restrict__ out, int per, CONV_ARGS) {
+    const ConvDims d = CONV_DIMS;
+    const int M = N * H * W, Npad = (C + 3) & ~3, Kg = R * S * K, steps = (Kg + gemm::BK - 1) / gemm::BK;
+    const bool partial = gridDim.z > 1;
+    const ConvOut o{out + (partial ? size_t(blockIdx.z) * M * C : 0), nullptr, mask, 0, partial, C, H * W,
+                    FastDiv(H * W)};
+    const gemm::Split sp(steps, per);
+    if constexpr (FWD) {
+        const ConvFwd<true> p{dy, wg, dgrad_geom(d), M, C, Npad, Kg, o};
+        gemm::block_tile<BM, BN, TF32>(p, blockIdx.x * BM, blockIdx.y * BN, sp.begin, sp.end);
+    } else {
+        const ConvDgrad p{dy, wg, d, M, C, Npad, Kg, o};
+        gemm::block_tile<BM, BN, TF32>(p, blockIdx.x * BM, blockIdx.y * BN, sp.begin, sp.end);
+    }
+}
+
+// Split z covers K steps [z * per, (z + 1) * per) and writes ws + z * K*C*R*S.
+template <int BM, int BN, bool TF32, bool BLOCKED>
+__global__ void __launch_bounds__(gemm::Tile<BM, BN>::NT, gemm::Tile<BM, BN>::blocks(BLOCKED, TF32))
+conv2d_wgrad(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ ws, int per, CONV_ARGS) {
+    const ConvDims d = CONV_DIMS;
+    const int M = C * R * S, Kpix = N * P * Q;
+    const ConvWgrad<BLOCKED> p{x, dy, ws + size_t(blockIdx.z) * M * K, d, M, K, Kpix,
+                               FastDiv(P * Q), FastDiv(Q), FastDiv(C), FastDiv(S)};
+    const gemm::Split sp((Kpix + gemm::BK - 1) / gemm::BK, per);
+    gemm::block_tile<BM, BN, TF32>(p, blockIdx.x * BM, blockIdx.y * BN, sp.begin, sp.end);
 }
 
 // db[k] = sum over n < N, j < PQ of dy[(n * K + k) * PQ + j]. Block (k, z) sums the images

@@ -46,12 +46,22 @@ namespace hostemu {
 
 enum class Wait { running, block, warp, done, failed };
 
+// An asynchronous copy (cp.async) in flight: the source was read when it was issued, the shared
+// memory is written only when the thread waits for it (cp_async_wait_all), as on a device, so a
+// kernel that reads its copy before waiting reads stale data here too.
+struct Pending {
+    float* dst;
+    float v[4];
+    int n;
+};
+
 struct Fiber {
     ucontext_t ctx;
     uint3 tid;
     unsigned lane, warp;
     Wait wait;
     char* stack;
+    std::vector<Pending> pending;
 };
 
 constexpr size_t kStack = 256 * 1024;  // per thread; a guard page below catches overflow
@@ -86,7 +96,24 @@ inline void full_mask(unsigned mask, const char* what) {
 
 inline void trampoline() {
     body(body_arg);
+    if (!cur->pending.empty()) fail("a thread exited with cp.async copies it never waited for");
     cur->wait = Wait::done;
+}
+
+// cp.async of n (1 or 4) floats, zero-filled when !valid (src-size 0: the source is not read).
+inline void cp_async(float* dst, const float* src, int n, bool valid) {
+    if (n == 4 && (reinterpret_cast<uintptr_t>(dst) % 16 || (valid && reinterpret_cast<uintptr_t>(src) % 16)))
+        fail("misaligned 16-byte cp.async (shared or global address not a multiple of 16)");
+    Pending p{dst, {0.f, 0.f, 0.f, 0.f}, n};
+    if (valid)
+        for (int i = 0; i < n; ++i) p.v[i] = src[i];
+    cur->pending.push_back(p);
+}
+
+inline void cp_async_wait_all() {
+    for (const Pending& p : cur->pending)
+        for (int i = 0; i < p.n; ++i) p.dst[i] = p.v[i];
+    cur->pending.clear();
 }
 
 template <class... A, size_t... I>

@@ -89,9 +89,13 @@ def test_the_launches_of_a_training_step_come_from_the_launchers():
     directions = {la.direction for la in launches}
     assert {"forward", "data grad", "weight grad", "bias grad", "softmax-xent", "sgd step"} <= directions
     fwd = [la for la in launches if la.kernel.startswith("conv2d_fwd")]
-    assert len(fwd) == 6 and fwd[0].gemm == {"M": 128 * 32 * 32, "N": 32, "K": 27, "bm": 128, "bn": 32, "ksteps": 4}
-    assert fwd[0].grid == (1024, 1) and fwd[0].flops == 2 * 128 * 32 * 32 * 32 * 27
-    # split-K follows the GPU's SM count (the launcher's gemm_splits), not the emulator's 4
+    bm, bn = (int(v) for v in fwd[1].kernel.split("<")[1].split(",")[:2])
+    # conv2d_1: 32 -> 32 channels, 3x3, 32x32 images: M = 128*32*32 pixels, N = 32, K = 288 = 18 steps of 16
+    assert len(fwd) == 6 and fwd[1].gemm == {"M": 128 * 32 * 32, "N": 32, "K": 288, "bm": bm, "bn": bn,
+                                             "ksteps": 18, "bk": 16}
+    assert fwd[1].grid == (128 * 32 * 32 // bm, 32 // bn, 1) and fwd[1].flops == 2 * 128 * 32 * 32 * 32 * 288
+    assert fwd[1].block == (bm * bn // 64,)  # 8x8 outputs a thread
+    # split-K follows the GPU's SM count (the launcher's gemm_plan), not the emulator's 4
     wgrad = [la for la in launches if la.kernel.startswith("conv2d_wgrad")]
     few = [la for la in record_step("cifar10_vgg", 128, sms=4) if la.kernel.startswith("conv2d_wgrad")]
     assert [la.grid[2] for la in wgrad] != [la.grid[2] for la in few]

@@ -38,7 +38,7 @@ class Launch:
     block: tuple
     bytes: int                   # compulsory bytes (model)
     work: int                    # elements the kernel's main loop covers, over the whole grid
-    gemm: dict | None = None     # {"M", "N", "K", "bm", "bn", "ksteps"}: ksteps = K steps of BK = 8 per CTA
+    gemm: dict | None = None     # {"M", "N", "K", "bm", "bn", "ksteps", "bk"}: ksteps = K steps of bk per CTA
     flops: int = 0
 
     @property
@@ -73,29 +73,33 @@ def _gemm(kernel: str, args) -> dict | None:
         return None
     bm, bn = (int(v) for v in kernel.split("<")[1].split(",")[:2])
     ints = [int(a) for a in args if isinstance(a, (np.integer, int)) and not isinstance(a, np.uint64)]
-    per = None
-    if base == "conv2d_fwd":    # (x, w, b, y, relu, dims)
-        n, c, h, w, k, r, s, p, q = ints[1:10]
+    if base == "conv2d_fwd":    # (x, wg, b, out, relu, per, dims)
+        per = ints[1]
+        n, c, h, w, k, r, s, p, q = ints[2:11]
         m, nn, kk = n * p * q, k, c * r * s
-    elif base == "conv2d_dgrad":  # (dy, w, mask, dx, dims)
-        n, c, h, w, k, r, s, p, q = ints[0:9]
+    elif base == "conv2d_dgrad":  # (dy, wg, mask, out, per, dims)
+        per = ints[0]
+        n, c, h, w, k, r, s, p, q = ints[1:10]
         m, nn, kk = n * h * w, c, k * r * s
     elif base == "conv2d_wgrad":  # (x, dy, ws, per, dims)
         per = ints[0]
         n, c, h, w, k, r, s, p, q = ints[1:10]
         m, nn, kk = c * r * s, k, n * p * q
-    elif base == "linear_fwd":    # (x, w, b, y, relu, B, I, O)
-        nb, i, o = ints[1:4]
+    elif base == "linear_fwd":    # (x, w, b, out, relu, per, B, I, O)
+        per = ints[1]
+        nb, i, o = ints[2:5]
         m, nn, kk = o, nb, i
-    elif base == "linear_dgrad":  # (dy, w, dx, B, I, O)
-        nb, i, o = ints[0:3]
+    elif base == "linear_dgrad":  # (dy, w, out, per, B, I, O)
+        per = ints[0]
+        nb, i, o = ints[1:4]
         m, nn, kk = i, nb, o
     else:                         # linear_wgrad (x, dy, ws, per, B, I, O)
         per = ints[0]
         nb, i, o = ints[1:4]
         m, nn, kk = i, o, nb
-    steps = -(-kk // 8)
-    return {"M": m, "N": nn, "K": kk, "bm": bm, "bn": bn, "ksteps": steps if per is None else min(per, steps)}
+    from ..backends.cupy._runtime import GEMM_BK
+    steps = -(-kk // GEMM_BK)
+    return {"M": m, "N": nn, "K": kk, "bm": bm, "bn": bn, "ksteps": min(per, steps), "bk": GEMM_BK}
 
 
 def _direction(kernel: str, in_backward: bool, previous: str) -> str:

@@ -173,11 +173,12 @@ CLASSES = ("FFMA", "HMMA", "LDS", "STS", "LDG", "STG", "BAR", "ALU")
 
 def classify(op: str) -> str:
     """One instruction's class: the math (FFMA, HMMA), shared (LDS, STS; LDSM counts as LDS), global (LDG,
-    STG; generic LD/ST, RED and ATOM count with them), BAR, and ALU for every other instruction."""
+    STG; generic LD/ST, RED and ATOM count with them, and LDGSTS, cp.async's global-to-shared copy, with
+    the loads), BAR, and ALU for every other instruction."""
     if op in ("FFMA", "HMMA", "LDS", "STS", "LDG", "STG", "BAR"):
         return op
     return {"LDSM": "LDS", "LD": "LDG", "ST": "STG", "RED": "STG", "ATOM": "STG", "ATOMG": "STG",
-            "REDG": "STG"}.get(op, "ALU")
+            "REDG": "STG", "LDGSTS": "LDG"}.get(op, "ALU")
 
 
 @dataclass

@@ -292,24 +292,66 @@ def sm_count() -> int:
 
 # --------------------------------------------------------------------------- GEMM tiles (gemm.cuh)
 
-GEMM_TILES = ((128, 128), (128, 64), (128, 32), (64, 64))  # (BM, BN) instances of gemm::block_tile
-GEMM_BK = 8
+GEMM_TILES = ((128, 128), (128, 64), (128, 32), (64, 64), (64, 32))  # (BM, BN) instances of gemm::block_tile
+GEMM_BK = 16
+# the general (slower-gathering) variants of a GEMM: only the tiles of 128 threads or more, whose threads
+# load few elements a step (the narrow tiles' many loads a thread would not fit in registers there)
+GENERAL_TILES = ((128, 128), (128, 64))
+# threads of a tile's block (gemm::Tile<BM, BN>::NT: 8x8 of C per thread)
+GEMM_THREADS = {(128, 128): 256, (128, 64): 128, (128, 32): 64, (64, 64): 64, (64, 32): 32}
+# what a tile's main loop delivers, as a share of the FP32 FMA rate (the static model of gemm.cuh's SASS,
+# `gpucnn kernels`, rounded down): wider tiles load less per FMA
+GEMM_EFFICIENCY = {(128, 128): 0.88, (128, 64): 0.85, (128, 32): 0.82, (64, 64): 0.82, (64, 32): 0.80}
+_SM_FLOPS = 0.5e12      # FP32 FLOP/s of one SM (an H100/H200 SM: 128 FMA a clock at ~2 GHz)
+_BANDWIDTH = 3.0e12     # bytes/s a split-K reduction streams at (HBM3, with margin)
+_LAUNCH = 2e-6          # seconds one more kernel launch costs (the split-K reduction)
+MAX_SPLITS = 256
 
 
-def gemm_tile(m: int, n: int) -> tuple[int, int]:
-    """(BM, BN) for a GEMM of M x N: the narrowest tile that still fills the N side."""
-    if m <= 64:
-        return 64, 64
-    return 128, (128 if n > 64 else 64 if n > 32 else 32)
+FILL_SLACK = 1.15     # a plan that leaves SMs idle loses to one that fills them unless 15% cheaper
+SMALL = 5e-6          # seconds: below this a GEMM need not fill the GPU
 
 
-def gemm_splits(m: int, n: int, k: int, bm: int, bn: int) -> tuple[int, int]:
-    """(splits, K steps per split) for a split-K GEMM: enough blocks for two waves, >= 4 K steps each."""
-    tiles = ceil_div(m, bm) * ceil_div(n, bn)
-    steps = ceil_div(k, GEMM_BK)
-    want = max(1, min(ceil_div(2 * sm_count(), tiles), steps // 4, 64))
-    per = ceil_div(steps, want)
-    return ceil_div(steps, per), per
+def gemm_plan(m: int, n: int, k: int, tiles=GEMM_TILES, split: bool = True, min_steps: int = 2
+              ) -> tuple[int, int, int, int]:
+    """(BM, BN, splits, K steps per split) for a GEMM of M x N x K on this device.
+
+    Every tile and split count is priced by what decides a GEMM's time on a GPU: the CTAs are spread
+    over the SMs in waves, so the busiest SM does ceil(CTAs / SMs) tiles' work (at the tile's main-loop
+    efficiency), plus for a split the partials written, read and reduced and one more launch. The
+    cheapest wins, except that a plan with fewer CTAs than SMs (idle SMs, and one CTA an SM hides no
+    latency) gives way to the cheapest plan that fills them if that costs at most FILL_SLACK more and
+    the GEMM is not tiny. So small grids are split over K (forward and data gradient too), wide
+    problems take the wide tiles, small M or N the narrow ones. Splits keep >= `min_steps` K steps
+    each; the result depends on the shape and the SM count alone (deterministic)."""
+    sms = sm_count()
+    steps = max(1, ceil_div(k, GEMM_BK))  # K = 0: one empty step (C = 0, then the epilogue)
+    plans = []
+    for bm, bn in tiles:
+        tiles_mn = ceil_div(m, bm) * ceil_div(n, bn)
+        eff = GEMM_EFFICIENCY[(bm, bn)]
+        most = min(MAX_SPLITS, max(1, steps // min_steps)) if split else 1
+        for want in range(1, most + 1):
+            per = ceil_div(steps, want)
+            splits = ceil_div(steps, per)
+            if splits != want:
+                continue
+            ctas = tiles_mn * splits
+            cost = ceil_div(ctas, sms) * 2 * bm * bn * per * GEMM_BK / (eff * _SM_FLOPS)
+            if splits > 1:
+                cost += (2 * splits + 1) * m * n * 4 / _BANDWIDTH + _LAUNCH
+            plans.append(((cost, splits, -bm * bn), ctas, (bm, bn, splits, per)))
+    best = min(plans)
+    if best[1] < sms and best[0][0] >= SMALL:
+        filling = [p for p in plans if p[1] >= sms and p[0][0] <= FILL_SLACK * best[0][0]]
+        if filling:
+            best = min(filling)
+    return best[2]
+
+
+def gemm_threads(bm: int, bn: int) -> tuple[int]:
+    """The block of a (BM, BN) GEMM tile."""
+    return (GEMM_THREADS[(bm, bn)],)
 
 
 def math_mode() -> str:

@@ -1,7 +1,7 @@
 """Launchers for kernels/conv.cu: convolution forward, data, weight and bias gradients (implicit GEMM).
 
 Tile shape, split-K and vector width are chosen here, from the problem's GEMM
-sizes (_runtime.gemm_tile / gemm_splits); the math mode (exact FP32 or TF32
+sizes (_runtime.gemm_plan); the math mode (exact FP32 or TF32
 tensor cores) from gpucnn.config.allow_tf32.
 """
 from __future__ import annotations
@@ -11,9 +11,18 @@ from . import _runtime as rt
 
 B = "cupy"
 _BOOL = ("false", "true")
-K = rt.Family("conv", [f"conv2d_fwd<{bm}, {bn}, {tf}, {v}>" for bm, bn in rt.GEMM_TILES for tf in _BOOL for v in _BOOL]
-              + [f"conv2d_{d}<{bm}, {bn}, {tf}>" for d in ("dgrad", "wgrad") for bm, bn in rt.GEMM_TILES for tf in _BOOL]
-              + ["splitk_reduce", "conv2d_bias_grad"])
+
+
+def _tiles(fast: bool):
+    """The tiles a variant is instantiated for: every tile for the fast gathers, the wide ones for the
+    general gathers (_runtime.GENERAL_TILES)."""
+    return rt.GEMM_TILES if fast else rt.GENERAL_TILES
+
+
+K = rt.Family("conv", [f"conv2d_{d}<{bm}, {bn}, {tf}, {_BOOL[fast]}>" for d in ("fwd", "dgrad", "wgrad")
+                       for fast in (False, True) for bm, bn in _tiles(fast) for tf in _BOOL]
+              + ["conv_weight_gemm<false>", "conv_weight_gemm<true>", "splitk_reduce", "splitk_epilogue",
+                 "conv2d_bias_grad"])
 
 
 def _dims(x_shape, w_shape, out_shape, stride, pads):
@@ -23,16 +32,48 @@ def _dims(x_shape, w_shape, out_shape, stride, pads):
     return tuple(rt.i32(v) for v in (n, c, h, w, k, r, s, p, q, stride[0], stride[1], pads[0], pads[2]))
 
 
+def _gemm_weights(w, flip: bool):
+    """The filters as the forward's (flip False) or the data gradient's (flipped, transposed) K x N matrix
+    (kernels/conv.cu, conv_weight_gemm), N padded to a multiple of 4."""
+    kf, c, r, s = w.shape
+    ci, nn = (kf, c) if flip else (c, kf)
+    wg = rt.empty((r * s * ci, rt.ceil_div(nn, 4) * 4))
+    K.launch(f"conv_weight_gemm<{_BOOL[flip]}>", *rt.grid_1d(wg.size),
+             (w, wg, rt.i32(kf), rt.i32(c), rt.i32(r * s), rt.i32(wg.shape[1])))
+    return wg
+
+
+def _taps(channels: int, r: int, s: int) -> bool:
+    """The forward gather's fast path: BK channels a K step, one filter tap a step (a 32-bit tap mask)."""
+    return channels % rt.GEMM_BK == 0 and r * s <= 32
+
+
+def _gemm(name, fast, m, n, kk, args_before, out, args_after, epilogue=None):
+    """Launch a forward-shaped conv GEMM (M x N, K = kk) into `out`, split over K when the plan says so:
+    raw partials into a workspace, then splitk_epilogue (bias, ReLU, mask) into `out`."""
+    bm, bn, splits, per = rt.gemm_plan(m, n, kk, _tiles(fast))
+    target = out if splits == 1 else rt.empty((splits,) + out.shape)
+    K.launch(name.format(bm=bm, bn=bn), (rt.ceil_div(m, bm), rt.ceil_div(n, bn), splits), rt.gemm_threads(bm, bn),
+             (*args_before, target, *args_after(per)))
+    if splits > 1:
+        bias, inner, channels, relu, mask = epilogue
+        K.launch("splitk_epilogue", *rt.grid_1d(out.size),
+                 (target, out, rt.i32(out.size), rt.i32(splits), bias, rt.i32(inner), rt.i32(channels), rt.i32(relu),
+                  mask))
+
+
 def _forward(op, x, w, b, stride, pads, out_shape, relu):
     x, w, b = rt.operand(op, "x", x), rt.operand(op, "w", w), rt.operand(op, "b", b)
     y = rt.empty(out_shape)
     if y.size == 0:
         return y
-    m, n, kk = out_shape[0] * out_shape[2] * out_shape[3], w.shape[0], w[0].size
-    bm, bn = rt.gemm_tile(m, n)
-    vec = "true" if kk % 4 == 0 and rt.aligned(w) else "false"
-    K.launch(f"conv2d_fwd<{bm}, {bn}, {rt.math_mode()}, {vec}>", (rt.ceil_div(m, bm), rt.ceil_div(n, bn)),
-             (rt.THREADS,), (x, w, rt.ptr(b), y, rt.i32(relu), *_dims(x.shape, w.shape, out_shape, stride, pads)))
+    kf, c, r, s = w.shape
+    pq = out_shape[2] * out_shape[3]
+    dims = _dims(x.shape, w.shape, out_shape, stride, pads)
+    taps = _taps(c, r, s)
+    name = f"conv2d_fwd<{{bm}}, {{bn}}, {rt.math_mode()}, {_BOOL[taps]}>"
+    _gemm(name, taps, out_shape[0] * pq, kf, c * r * s, (x, _gemm_weights(w, False), rt.ptr(b)), y,
+          lambda per: (rt.i32(relu), rt.i32(per), *dims), (rt.ptr(b), pq, kf, relu, rt.NULL))
     return y
 
 
@@ -46,6 +87,12 @@ def conv2d_relu(x, w, b, stride, pads, out_shape):
     return _forward("conv2d_relu", x, w, b, stride, pads, out_shape, relu=True)
 
 
+# slots of A each thread of a tile loads per K step (gemm.cuh): the weight gradient's run of
+# consecutive (r, s, c) rows, one filter tap when C is a multiple of it
+def _wgrad_run(bm, bn):
+    return bm * rt.GEMM_BK // rt.GEMM_THREADS[(bm, bn)]
+
+
 @register("conv2d_backward", B)
 def conv2d_backward(dy, x, w, stride, pads, input_grad=True, relu_mask=False):
     """(dx, dw, db). relu_mask: x came out of a ReLU, so dx is zeroed where x <= 0 (the ReLU's backward, fused)."""
@@ -53,7 +100,7 @@ def conv2d_backward(dy, x, w, stride, pads, input_grad=True, relu_mask=False):
     dy, x, w = rt.operand(op, "dy", dy), rt.operand(op, "x", x), rt.operand(op, "w", w)
     dims = _dims(x.shape, w.shape, dy.shape, stride, pads)
     nimg, c, h, wd = x.shape
-    kf = w.shape[0]
+    kf, _, r, s = w.shape
     pq = dy.shape[2] * dy.shape[3]
     mode = rt.math_mode()
 
@@ -73,18 +120,22 @@ def conv2d_backward(dy, x, w, stride, pads, input_grad=True, relu_mask=False):
     if groups > 1:
         K.launch("splitk_reduce", *rt.grid_1d(kf), (part, db, rt.i32(kf), rt.i32(groups)))
 
-    m, n, kk = w[0].size, kf, nimg * pq  # weight gradient: M = C*R*S, N = K, K = N*P*Q
-    bm, bn = rt.gemm_tile(m, n)
-    splits, per = rt.gemm_splits(m, n, kk, bm, bn)
+    m, n, kk = w[0].size, kf, nimg * pq  # weight gradient: M = R*S*C, N = K, K = N*P*Q
+    bm, bn, splits, per = rt.gemm_plan(m, n, kk)
+    blocked = c % _wgrad_run(bm, bn) == 0
+    if not blocked:
+        bm, bn, splits, per = rt.gemm_plan(m, n, kk, rt.GENERAL_TILES)
+        blocked = c % _wgrad_run(bm, bn) == 0
     ws = dw if splits == 1 else rt.empty((splits,) + w.shape)
-    K.launch(f"conv2d_wgrad<{bm}, {bn}, {mode}>", (rt.ceil_div(m, bm), rt.ceil_div(n, bn), splits), (rt.THREADS,),
-             (x, dy, ws, rt.i32(per), *dims))
+    K.launch(f"conv2d_wgrad<{bm}, {bn}, {mode}, {_BOOL[blocked]}>", (rt.ceil_div(m, bm), rt.ceil_div(n, bn), splits),
+             rt.gemm_threads(bm, bn), (x, dy, ws, rt.i32(per), *dims))
     if splits > 1:
         K.launch("splitk_reduce", *rt.grid_1d(dw.size), (ws, dw, rt.i32(dw.size), rt.i32(splits)))
 
-    if input_grad:
-        m, n = nimg * h * wd, c  # data gradient: M = N*H*W, N = C, K = K*R*S
-        bm, bn = rt.gemm_tile(m, n)
-        K.launch(f"conv2d_dgrad<{bm}, {bn}, {mode}>", (rt.ceil_div(m, bm), rt.ceil_div(n, bn)), (rt.THREADS,),
-                 (dy, w, x if relu_mask else rt.NULL, dx, *dims))
+    if input_grad:  # data gradient: M = N*H*W, N = C, K = R*S*K; stride 1: the forward over flipped filters
+        fwd = tuple(stride) == (1, 1) and _taps(kf, r, s)
+        mask = x if relu_mask else rt.NULL
+        _gemm(f"conv2d_dgrad<{{bm}}, {{bn}}, {mode}, {_BOOL[fwd]}>", fwd, nimg * h * wd, c, kf * r * s,
+              (dy, _gemm_weights(w, True), mask), dx, lambda per: (rt.i32(per), *dims),
+              (rt.NULL, 1, 1, 0, mask))
     return dx, dw, db

@@ -6,14 +6,31 @@ from . import _runtime as rt
 
 B = "cupy"
 _BOOL = ("false", "true")
-K = rt.Family("dense", [f"linear_{d}<{bm}, {bn}, {tf}, {v}>" for d in ("fwd", "dgrad") for bm, bn in rt.GEMM_TILES
-                        for tf in _BOOL for v in _BOOL]
-              + [f"linear_wgrad<{bm}, {bn}, {tf}>" for bm, bn in rt.GEMM_TILES for tf in _BOOL]
-              + ["splitk_reduce", "linear_bias_grad"])
+K = rt.Family("dense", [f"linear_{d}<{bm}, {bn}, {tf}, {_BOOL[vec]}>" for d in ("fwd", "dgrad", "wgrad")
+                        for vec in (False, True) for bm, bn in (rt.GEMM_TILES if vec else rt.GENERAL_TILES)
+                        for tf in _BOOL]
+              + ["splitk_reduce", "splitk_epilogue", "linear_bias_grad"])
 
 
-def _vec(k, a) -> str:
-    return "true" if k % 4 == 0 and rt.aligned(a) else "false"
+def _vec(*arrays, sizes=()) -> str:
+    """16-byte loads: every contiguous size a multiple of 4 floats, every array 16-byte aligned."""
+    return _BOOL[all(v % 4 == 0 for v in sizes) and rt.aligned(*arrays)]
+
+
+def _launch(name, m, n, k, args, out, after, epilogue=None):
+    """One linear GEMM (C = M x N, K) into `out`, split over K when the plan says so (partials, then
+    splitk_reduce, or splitk_epilogue with the forward's bias and ReLU)."""
+    bm, bn, splits, per = rt.gemm_plan(m, n, k, rt.GEMM_TILES if name.endswith("true>") else rt.GENERAL_TILES)
+    target = out if splits == 1 else rt.empty((splits,) + out.shape)
+    K.launch(name.format(bm=bm, bn=bn), (rt.ceil_div(m, bm), rt.ceil_div(n, bn), splits), rt.gemm_threads(bm, bn),
+             (*args, target, *after(per)))
+    if splits > 1:
+        if epilogue is None:
+            K.launch("splitk_reduce", *rt.grid_1d(out.size), (target, out, rt.i32(out.size), rt.i32(splits)))
+        else:
+            bias, relu = epilogue
+            K.launch("splitk_epilogue", *rt.grid_1d(out.size),
+                     (target, out, rt.i32(out.size), rt.i32(splits), bias, rt.i32(1), rt.i32(m), rt.i32(relu), rt.NULL))
 
 
 def _linear(op, x, w, b, out_shape, relu):
@@ -23,9 +40,10 @@ def _linear(op, x, w, b, out_shape, relu):
         return y
     nb, i = x.shape
     o = w.shape[0]
-    bm, bn = rt.gemm_tile(o, nb)  # C = y^T: M = out, N = batch, K = in
-    K.launch(f"linear_fwd<{bm}, {bn}, {rt.math_mode()}, {_vec(i, x)}>", (rt.ceil_div(o, bm), rt.ceil_div(nb, bn)),
-             (rt.THREADS,), (x, w, rt.ptr(b), y, rt.i32(relu), rt.i32(nb), rt.i32(i), rt.i32(o)))
+    sizes = (nb, i, o)
+    _launch(f"linear_fwd<{{bm}}, {{bn}}, {rt.math_mode()}, {_vec(x, w, sizes=(i,))}>", o, nb, i,
+            (x, w, rt.ptr(b)), y, lambda per: (rt.i32(relu), rt.i32(per), *(rt.i32(v) for v in sizes)),
+            (rt.ptr(b), relu))
     return y
 
 
@@ -49,16 +67,12 @@ def linear_backward(dy, x, w):
     if i == 0:
         return dx, dw, db if o == 0 else _bias(dy, db)
     _bias(dy, db)
-    bm, bn = rt.gemm_tile(i, nb)  # C = dx^T: M = in, N = batch, K = out
-    K.launch(f"linear_dgrad<{bm}, {bn}, {mode}, {_vec(o, dy)}>", (rt.ceil_div(i, bm), rt.ceil_div(nb, bn)),
-             (rt.THREADS,), (dy, w, dx, rt.i32(nb), rt.i32(i), rt.i32(o)))
-    bm, bn = rt.gemm_tile(i, o)  # C = dw^T: M = in, N = out, K = batch
-    splits, per = rt.gemm_splits(i, o, nb, bm, bn)
-    ws = dw if splits == 1 else rt.empty((splits,) + w.shape)
-    K.launch(f"linear_wgrad<{bm}, {bn}, {mode}>", (rt.ceil_div(i, bm), rt.ceil_div(o, bn), splits), (rt.THREADS,),
-             (x, dy, ws, rt.i32(per), rt.i32(nb), rt.i32(i), rt.i32(o)))
-    if splits > 1:
-        K.launch("splitk_reduce", *rt.grid_1d(dw.size), (ws, dw, rt.i32(dw.size), rt.i32(splits)))
+    sizes = tuple(rt.i32(v) for v in (nb, i, o))
+    vec = _vec(dy, w, x, sizes=(i, o))
+    _launch(f"linear_dgrad<{{bm}}, {{bn}}, {mode}, {vec}>", i, nb, o, (dy, w), dx,  # C = dx^T: M = in, N = batch
+            lambda per: (rt.i32(per), *sizes))
+    _launch(f"linear_wgrad<{{bm}}, {{bn}}, {mode}, {vec}>", i, o, nb, (x, dy), dw,  # C = dw^T: M = in, N = out
+            lambda per: (rt.i32(per), *sizes))
     return dx, dw, db
 
 

@@ -448,6 +448,187 @@ conv2d_wgrad(const float* __restrict__ x, const float* __restrict__ dy, float* _
     gemm::block_tile<BM, BN, TF32>(p, blockIdx.x * BM, blockIdx.y * BN, sp.begin, sp.end);
 }
 
+// ------------------------------------------------------------------ direct convolution (a network's first layer)
+// With few input channels (C*R*S <= 32: an RGB or grey image under 3x3 or 5x5 filters) an implicit
+// GEMM has too short a K to pay for its loads; these kernels convolve directly instead (FP32; stride 1,
+// S a compile-time 3 or 5, K <= 64 filters). A block takes an 8 x 32 tile of output pixels of one image
+// and every filter: the input tile it needs (C x (8+R-1) x (32+S-1), zeros outside the image) and the
+// filters go to shared memory once, then each thread multiplies 8 filters by a row of 8 pixels, tap row
+// by tap row: a row segment of 8+S-1 inputs (three 16-byte loads) and 2 x S filter quads feed 64 x S FMAs.
+namespace direct {
+constexpr int TH = 8, TW = 32, PX = 8;                    // output tile, pixels a thread along a row
+constexpr int WTH = 4;                                    // the weight gradient's tile height
+template <int S>
+struct Tile {
+    static constexpr int SEG = (PX + S - 1 + 3) / 4 * 4;  // the row segment a thread reads, 16-byte loads
+    static constexpr int TWP = (TW - PX) + SEG;           // input tile pitch (a multiple of 4)
+};
+
+// Stage the input tile: in[c][i][j] = x[n, c, h0 + i, w0 + j] (0 outside), i < rows, j < Tile<S>::TWP.
+template <int S>
+__device__ __forceinline__ void stage_input(float* in, const float* __restrict__ x, int n, int C, int H, int W,
+                                            int h0, int w0, int rows) {
+    constexpr int TWP = Tile<S>::TWP;
+    for (int row = threadIdx.x / 32; row < C * rows; row += blockDim.x / 32) {  // one warp a row
+        const int c = row / rows, i = row % rows, h = h0 + i;
+        const float* src = x + (size_t(n) * C + c) * H * W + h * W;
+        for (int j = threadIdx.x % 32; j < TWP; j += 32) {
+            const int w = w0 + j;
+            in[row * TWP + j] = unsigned(h) < unsigned(H) && unsigned(w) < unsigned(W) ? __ldg(src + w) : 0.f;
+        }
+    }
+}
+}  // namespace direct
+
+// y = conv(x, w) + b (ReLU when relu): grid (tiles of 8 x 32 pixels, images), Kp / 8 * 32 threads.
+template <int S>
+__global__ void __launch_bounds__(256)
+conv2d_fwd_direct(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                  float* __restrict__ y, int relu, int C, int H, int W, int K, int R, int P, int Q, int pt, int pl) {
+    using T = direct::Tile<S>;
+    constexpr int TH = direct::TH, TW = direct::TW, PX = direct::PX, TWP = T::TWP;
+    __shared__ __align__(16) float in[(32 / S * TH + 32 / S) * TWP];  // C*(TH+R-1) <= C*TH + C*R rows
+    __shared__ __align__(16) float wt[32 * 64];                        // [c][r][s][Kp], C*R*S <= 32, K <= 64
+    const int Kp = (K + 7) & ~7, tiles_q = (Q + TW - 1) / TW, n = blockIdx.y;
+    const int p0 = blockIdx.x / tiles_q * TH, q0 = blockIdx.x % tiles_q * TW, rows = TH + R - 1;
+    for (int i = threadIdx.x; i < C * R * S * Kp; i += blockDim.x) {
+        const int k = i % Kp, crs = i / Kp;
+        wt[i] = k < K ? __ldg(w + k * C * R * S + crs) : 0.f;
+    }
+    direct::stage_input<S>(in, x, n, C, H, W, p0 - pt, q0 - pl, rows);
+    __syncthreads();
+
+    const int g = threadIdx.x / 32, row = threadIdx.x % 32 / (TW / PX), cg = threadIdx.x % (TW / PX);
+    float acc[PX][8];
+#pragma unroll
+    for (int i = 0; i < PX; ++i)
+#pragma unroll
+        for (int k = 0; k < 8; ++k) acc[i][k] = 0.f;
+    const float* seg_at = in + row * TWP + cg * PX;
+    const float* w_at = wt + g * 8;
+    int off = 0, r = 0;  // the input row of (channel, filter row) cr, kept incrementally
+    for (int cr = 0; cr < C * R; ++cr) {  // (channel, filter row): the main loop
+        float seg[T::SEG];
+        const float* src = seg_at + off;
+#pragma unroll
+        for (int j = 0; j < T::SEG; j += 4) {
+            const float4 v = *reinterpret_cast<const float4*>(src + j);
+            seg[j] = v.x; seg[j + 1] = v.y; seg[j + 2] = v.z; seg[j + 3] = v.w;
+        }
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+            const float* wp = w_at + (cr * S + s) * Kp;
+            const float4 wa = *reinterpret_cast<const float4*>(wp), wb = *reinterpret_cast<const float4*>(wp + 4);
+            const float wk[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
+#pragma unroll
+            for (int i = 0; i < PX; ++i)
+#pragma unroll
+                for (int k = 0; k < 8; ++k) acc[i][k] = fmaf(seg[i + s], wk[k], acc[i][k]);
+        }
+        off += TWP;
+        if (++r == R) {  // the next channel's first row
+            r = 0;
+            off += (rows - R) * TWP;
+        }
+    }
+    const int p = p0 + row, q = q0 + cg * PX;
+    if (p >= P) return;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const int kk = g * 8 + k;
+        if (kk >= K) break;
+        const float b = bias ? __ldg(bias + kk) : 0.f;
+        float v[PX];
+#pragma unroll
+        for (int i = 0; i < PX; ++i) v[i] = relu ? fmaxf(acc[i][k] + b, 0.f) : acc[i][k] + b;
+        float* out = y + ((size_t(n) * K + kk) * P + p) * Q + q;
+        if (Q % 4 == 0 && q + PX <= Q) {  // 16-byte aligned: q is a multiple of 8, Q of 4
+            *reinterpret_cast<float4*>(out) = make_float4(v[0], v[1], v[2], v[3]);
+            *reinterpret_cast<float4*>(out + 4) = make_float4(v[4], v[5], v[6], v[7]);
+        } else {
+#pragma unroll
+            for (int i = 0; i < PX; ++i)
+                if (q + i < Q) out[i] = v[i];
+        }
+    }
+}
+
+// Weight gradient, directly (K <= 32): block b sums tiles b, b + gridDim.x, ... (4 x 32 pixels of one image) into
+// its partial out[b][k][c][r][s]; splitk_reduce adds the partials. A thread owns 8 filters x the S taps of
+// one (channel, filter row) and a share of the tile's rows (G of them share the work, reduced in shared
+// memory); per row segment: 8+S-1 inputs and 8 x 8 output gradients feed 64 x S FMAs.
+template <int S>
+__global__ void __launch_bounds__(256)
+conv2d_wgrad_direct(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out, int N,
+                    int C, int H, int W, int K, int R, int P, int Q, int pt, int pl, int G) {
+    using T = direct::Tile<S>;
+    constexpr int TH = direct::WTH, TW = direct::TW, PX = direct::PX, TWP = T::TWP;
+    __shared__ __align__(16) float in[(32 / S * TH + 32 / S) * TWP];  // C*(TH+R-1) <= C*TH + C*R rows
+    __shared__ __align__(16) float g_tile[32 * TH * TW];               // dy tile [Kp <= 32][TH][TW]
+    __shared__ float part[32 * 32];                                    // Kp x C*R*S
+    const int Kp = (K + 7) & ~7, tiles_q = (Q + TW - 1) / TW, tiles_p = (P + TH - 1) / TH;
+    const int tiles = N * tiles_p * tiles_q, rows = TH + R - 1;
+    // thread role: filter group g, (channel, filter row) cr, row share j of G
+    const int role = threadIdx.x / G, j = threadIdx.x % G, g = role / (C * R), cr = role % (C * R);
+    const bool active = role < Kp / 8 * C * R;
+    float acc[8][S];
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+#pragma unroll
+        for (int s = 0; s < S; ++s) acc[k][s] = 0.f;
+
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const int n = tile / (tiles_p * tiles_q), t2 = tile % (tiles_p * tiles_q);
+        const int p0 = t2 / tiles_q * TH, q0 = t2 % tiles_q * TW;
+        __syncthreads();  // the previous tile's reads are done
+        direct::stage_input<S>(in, x, n, C, H, W, p0 - pt, q0 - pl, rows);
+        for (int row = threadIdx.x / 32; row < Kp * TH; row += blockDim.x / 32) {
+            const int k = row / TH, p = p0 + row % TH, q = q0 + threadIdx.x % 32;
+            g_tile[row * TW + threadIdx.x % 32] =
+                k < K && p < P && q < Q ? __ldg(dy + ((size_t(n) * K + k) * P + p) * Q + q) : 0.f;
+        }
+        __syncthreads();
+        if (!active) continue;
+        const int c = cr / R, r = cr - c * R;
+        for (int rc = j; rc < TH * (TW / PX); rc += G) {  // (row, column group) shares: the main loop
+            const int row = rc / (TW / PX), cg = rc % (TW / PX);
+            float seg[T::SEG];
+            const float* src = in + (c * rows + row + r) * TWP + cg * PX;
+#pragma unroll
+            for (int i = 0; i < T::SEG; i += 4) {
+                const float4 v = *reinterpret_cast<const float4*>(src + i);
+                seg[i] = v.x; seg[i + 1] = v.y; seg[i + 2] = v.z; seg[i + 3] = v.w;
+            }
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                const float* gp = g_tile + ((g * 8 + k) * TH + row) * TW + cg * PX;
+                const float4 ga = *reinterpret_cast<const float4*>(gp), gb = *reinterpret_cast<const float4*>(gp + 4);
+                const float gv[PX] = {ga.x, ga.y, ga.z, ga.w, gb.x, gb.y, gb.z, gb.w};
+#pragma unroll
+                for (int s = 0; s < S; ++s)
+#pragma unroll
+                    for (int i = 0; i < PX; ++i) acc[k][s] = fmaf(gv[i], seg[i + s], acc[k][s]);
+            }
+        }
+    }
+    // the G shares of a role, summed in a fixed order (deterministic), then this block's partial
+    const int CRS = C * R * S;
+    for (int jj = 0; jj < G; ++jj) {
+        __syncthreads();
+        if (active && j == jj) {
+#pragma unroll
+            for (int k = 0; k < 8; ++k)
+#pragma unroll
+                for (int s = 0; s < S; ++s) {
+                    float* d = part + ((g * 8 + k) * C * R + cr) * S + s;
+                    *d = jj == 0 ? acc[k][s] : *d + acc[k][s];
+                }
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < K * CRS; i += blockDim.x) out[size_t(blockIdx.x) * K * CRS + i] = part[i];
+}
+
 // db[k] = sum over n < N, j < PQ of dy[(n * K + k) * PQ + j]. Block (k, z) sums the images
 // z, z + gridDim.y, ... into out[z * K + k]: with gridDim.y > 1 these are partials for
 // splitk_reduce (so a layer with few channels still spreads over every SM), else db itself.

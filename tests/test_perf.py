@@ -92,13 +92,16 @@ def test_the_launches_of_a_training_step_come_from_the_launchers():
     bm, bn = (int(v) for v in fwd[1].kernel.split("<")[1].split(",")[:2])
     # conv2d_1: 32 -> 32 channels, 3x3, 32x32 images: M = 128*32*32 pixels, N = 32, K = 288 = 18 steps of 16
     assert len(fwd) == 6 and fwd[1].gemm == {"M": 128 * 32 * 32, "N": 32, "K": 288, "bm": bm, "bn": bn,
-                                             "ksteps": 18, "bk": 16}
+                                             "ksteps": 18, "bk": 16, "macs_cta": 18 * 16 * bm * bn}
+    # the first layer (3 channels) convolves directly: the GEMM it computes, and its busiest block's work
+    assert fwd[0].kernel == "conv2d_fwd_direct<3>" and fwd[0].grid == (4, 128)
+    assert fwd[0].gemm == {"M": 128 * 32 * 32, "N": 32, "K": 27, "macs_cta": 8 * 32 * 32 * 27}
     assert fwd[1].grid == (128 * 32 * 32 // bm, 32 // bn, 1) and fwd[1].flops == 2 * 128 * 32 * 32 * 32 * 288
     assert fwd[1].block == (bm * bn // 64,)  # 8x8 outputs a thread
     # split-K follows the GPU's SM count (the launcher's gemm_plan), not the emulator's 4
     wgrad = [la for la in launches if la.kernel.startswith("conv2d_wgrad")]
     few = [la for la in record_step("cifar10_vgg", 128, sms=4) if la.kernel.startswith("conv2d_wgrad")]
-    assert [la.grid[2] for la in wgrad] != [la.grid[2] for la in few]
+    assert [la.grid[-1] for la in wgrad] != [la.grid[-1] for la in few]
     from gpucnn.backends.cupy import _runtime
     assert _runtime.sm_count() == 4  # restored
     tf32 = [la.kernel for la in record_step("mnist_cnn", 16, sms=132, tf32=True) if la.gemm]
@@ -151,6 +154,8 @@ def test_recording_twice_in_a_process_without_the_emulation_variable():
     env = {k: v for k, v in os.environ.items() if k != "GPUCNN_CUPY_EMULATE"}
     code = ("from gpucnn.perf.launches import record_step; import os\n"
             "a = record_step('mnist_cnn', 4, 132); b = record_step('mnist_cnn', 4, 132, tf32=True)\n"
-            "assert len(a) == len(b) > 20 and 'GPUCNN_CUPY_EMULATE' not in os.environ\nprint('ok')")
+            "assert min(len(a), len(b)) > 20 and 'GPUCNN_CUPY_EMULATE' not in os.environ\n"
+            "assert any('direct' in la.kernel for la in a) and not any('direct' in la.kernel for la in b)\n"
+            "print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -65,14 +65,16 @@ def _is_array(a) -> bool:
     return hasattr(a, "shape") and hasattr(a, "dtype") and getattr(a, "ndim", 0) >= 1
 
 
-def _gemm(kernel: str, args) -> dict | None:
+def _gemm(kernel: str, args, grid=(1, 1, 1)) -> dict | None:
     """M, N, K of a GEMM kernel from its launch arguments (the GEMMs of kernels/conv.cu and dense.cu)."""
     base = kernel.split("<")[0]
     if not base.startswith(("conv2d_fwd", "conv2d_dgrad", "conv2d_wgrad", "linear_fwd", "linear_dgrad",
                             "linear_wgrad")):
         return None
-    bm, bn = (int(v) for v in kernel.split("<")[1].split(",")[:2])
     ints = [int(a) for a in args if isinstance(a, (np.integer, int)) and not isinstance(a, np.uint64)]
+    if base.endswith("_direct"):
+        return _direct(base, int(kernel.split("<")[1].rstrip("> ")), ints, grid)
+    bm, bn = (int(v) for v in kernel.split("<")[1].split(",")[:2])
     if base == "conv2d_fwd":    # (x, wg, b, out, relu, per, dims)
         per = ints[1]
         n, c, h, w, k, r, s, p, q = ints[2:11]
@@ -99,7 +101,27 @@ def _gemm(kernel: str, args) -> dict | None:
         m, nn, kk = i, o, nb
     from ..backends.cupy._runtime import GEMM_BK
     steps = -(-kk // GEMM_BK)
-    return {"M": m, "N": nn, "K": kk, "bm": bm, "bn": bn, "ksteps": min(per, steps), "bk": GEMM_BK}
+    ksteps = min(per, steps)
+    return {"M": m, "N": nn, "K": kk, "bm": bm, "bn": bn, "ksteps": ksteps, "bk": GEMM_BK,
+            "macs_cta": ksteps * GEMM_BK * bm * bn}
+
+
+def _direct(base: str, s: int, ints: list, grid) -> dict:
+    """The convolution GEMM a direct kernel computes (M, N, K as the implicit GEMM would have them) and the
+    multiply-adds its busiest block does, padding included (kernels/conv.cu, conv2d_*_direct)."""
+    from ..backends.cupy.conv import DIRECT_TILE, DIRECT_WGRAD_ROWS
+    th, tw = DIRECT_TILE
+    if base == "conv2d_fwd_direct":   # (x, w, b, y, relu, C, H, W, K, R, P, Q, pt, pl); grid (tiles, N)
+        c, h, w, k, r, p, q = ints[1:8]
+        n = int(grid[1])
+        crs = c * r * s
+        return {"M": n * p * q, "N": k, "K": crs, "macs_cta": th * tw * (-(-k // 8) * 8) * crs}
+    # conv2d_wgrad_direct (x, dy, out, N, C, H, W, K, R, P, Q, pt, pl, G); grid (blocks,)
+    n, c, h, w, k, r, p, q = ints[0:8]
+    crs = c * r * s
+    tiles = n * -(-p // DIRECT_WGRAD_ROWS) * -(-q // tw)
+    per_block = -(-tiles // int(grid[0]))
+    return {"M": crs, "N": k, "K": n * p * q, "macs_cta": per_block * DIRECT_WGRAD_ROWS * tw * (-(-k // 8) * 8) * crs}
 
 
 def _direction(kernel: str, in_backward: bool, previous: str) -> str:
@@ -119,7 +141,7 @@ def _record(state: _State, family: str, name: str, grid, block, args) -> Launch:
     layer, phase = state.context[-1]
     arrays = [a for a in args if _is_array(a)]
     nbytes = sum(_nbytes(a) for a in arrays)
-    gemm = _gemm(name, args)
+    gemm = _gemm(name, args, grid)
     work = 0
     if state.last_grid is not None and state.last_grid[1:] == (tuple(grid), tuple(block)):
         work = state.last_grid[0]
@@ -138,7 +160,7 @@ def _record(state: _State, family: str, name: str, grid, block, args) -> Launch:
     else:
         direction = _direction(name, phase == "backward", previous)
     flops = 2 * gemm["M"] * gemm["N"] * gemm["K"] if gemm else 0
-    if gemm and name.startswith(("conv2d_wgrad", "linear_wgrad")) and grid[2] > 1:
+    if gemm and name.startswith(("conv2d_wgrad", "linear_wgrad")) and (len(grid) < 3 or grid[2] > 1):
         nbytes = sum(_nbytes(a) for a in arrays)  # inputs plus the split-K workspace it writes
     launch = Launch(layer, direction, family, name, tuple(int(g) for g in grid), tuple(int(b) for b in block),
                     int(nbytes), int(work), gemm, int(flops))

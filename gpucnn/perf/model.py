@@ -7,7 +7,8 @@ nvcc for the GPU's architecture with every instance its launcher lists (``sass.b
 * occupancy: CTAs and warps per SM by the CUDA occupancy calculator's rules (``gpus.occupancy``);
 * waves: CTAs / (SMs x CTAs per SM);
 * the main loop's instruction mix (``sass.analyze``) and how often each warp runs it:
-  a GEMM (conv / linear) runs it for its K steps: trips = K steps per CTA x BM x BN x BK MACs over the
+  a GEMM (conv / linear, and the direct convolutions) runs it until its busiest CTA's multiply-adds are
+  done: trips = the CTA's MACs (K steps per CTA x BM x BN x BK for a GEMM) over the
   MACs one iteration of the CTA's warps does (FFMA: 1 per lane, HMMA.1688: 16 x 8 x 8 per warp), so a
   loop the compiler unrolled counts right; any other kernel runs it until its compulsory bytes are moved:
   trips = ceil(bytes / 4 / threads in the grid / 4-byte words one trip's LDG/STG move) (at least 1);
@@ -78,7 +79,7 @@ def _trips(launch: Launch, kernel: sass.Kernel) -> int:
         g = launch.gemm
         macs_per_trip = warps * (kernel.mix["FFMA"] * 32 + kernel.mix["HMMA"] * 16 * 8 * 8)
         if macs_per_trip:
-            return math.ceil(g["ksteps"] * g["bm"] * g["bn"] * g["bk"] * 1.0 / macs_per_trip)
+            return math.ceil(g["macs_cta"] / macs_per_trip)
     words = launch.bytes / 4 / (launch.ctas * launch.threads)
     return max(1, math.ceil(words / max(kernel.global_words, 1)))
 

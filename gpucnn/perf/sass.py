@@ -6,8 +6,10 @@ is absent and how to install it. Results are cached under ~/.cache/gpucnn/perf (
 a hash of the source, every header, the instance list, the architecture and the tools' versions.
 
 The main loop of a kernel: every backward branch (a ``BRA`` to an address below its own) closes a
-loop [target, branch]; the main loop is the one holding the most FFMA + HMMA, then the most global memory
-instructions, then the most shared memory ones, then the smallest (the innermost that still holds them all).
+loop [target, branch]; the main loop is the one holding the most FFMA + HMMA, the innermost of those (a loop
+around it, say one staging a tile for it in shared memory, runs less often: its own instructions count as
+outside the main loop); in a kernel without math, the one with the most global memory instructions, then
+the most shared memory ones, then the smallest.
 """
 from __future__ import annotations
 
@@ -249,7 +251,10 @@ def analyze(symbol: str, code: list) -> Kernel:
     best, best_key = None, None
     for lo, hi in loops:
         mix = mix_of(lo, hi)
-        key = (mix["FFMA"] + mix["HMMA"], mix["LDG"] + mix["STG"], mix["LDS"] + mix["STS"], -(hi - lo))
+        math = mix["FFMA"] + mix["HMMA"]
+        # a loop with math: the innermost that holds the most (an outer loop around it, staging tiles for
+        # it, runs less often); without math: the most global, then shared memory instructions
+        key = (math, -(hi - lo) if math else 0, mix["LDG"] + mix["STG"], mix["LDS"] + mix["STS"], -(hi - lo))
         if best_key is None or key > best_key:
             best, best_key = (lo, hi), key
     mix = mix_of(*best) if best else dict.fromkeys(CLASSES, 0)

@@ -339,6 +339,68 @@ def test_cupy_relu_mask_fused_into_the_data_gradient(be, cid):
     assert np.all(be.host(dx)[x <= 0] == 0)
 
 
+# Which kernels a shape takes on the cupy backend, each checked against NumPy (forward with bias + ReLU,
+# all three gradients, dx with the fused ReLU mask) on fresh inputs: the direct first-layer kernels, the
+# tap-ordered gathers (C and K multiples of 16) and the general ones, split-K forward and data gradient
+# (the emulator reports 4 SMs, so a one-tile GEMM with a long K is split) with the split epilogue.
+PATHS = {
+    "direct_3x3_rgb": ((3, 3, 19, 37, 20, 3, 3, 1, 1), ("conv2d_fwd_direct<3>", "conv2d_wgrad_direct<3>")),
+    "direct_5x5_grey": ((2, 1, 13, 9, 12, 5, 5, 1, 2), ("conv2d_fwd_direct<5>", "conv2d_wgrad_direct<5>")),
+    "taps": ((2, 16, 6, 7, 32, 3, 3, 1, 1), ("conv2d_fwd<*, true>", "conv2d_dgrad<*, true>", "conv2d_wgrad<*, true>")),
+    "general_stride2": ((2, 16, 9, 8, 16, 3, 3, 2, 1), ("conv2d_fwd<*, true>", "conv2d_dgrad<*, false>")),
+    "general_c5": ((2, 5, 7, 6, 9, 3, 3, 1, 1), ("conv2d_fwd<*, false>", "conv2d_wgrad<*, false>")),
+    "split_k": ((1, 64, 4, 4, 16, 3, 3, 1, 1), ("conv2d_fwd<*, true>", "splitk_epilogue", "conv2d_dgrad<*, true>")),
+    "split_k_dgrad": ((1, 16, 4, 4, 64, 3, 3, 1, 1), ("conv2d_dgrad<*, true>", "splitk_epilogue")),
+}
+
+
+def _took(names, pattern):
+    head, _, tail = pattern.partition("*")
+    return any(n.startswith(head) and n.endswith(tail) for n in names)
+
+
+@pytest.mark.parametrize("cid", list(PATHS))
+@pytest.mark.parametrize("be", on("cupy"))
+def test_cupy_kernel_paths_match_numpy(be, cid, monkeypatch):
+    from gpucnn.backends.cupy import _runtime as rt
+    from gpucnn.backends.cupy import conv
+    case, expected = PATHS[cid]
+    names = []
+    launch = rt.Family.launch
+    monkeypatch.setattr(rt.Family, "launch", lambda self, name, *a: (names.append(name), launch(self, name, *a))[1])
+    x, w, b, stride, padding = inputs(case, F32, seed=11)
+    x = np.maximum(x, 0) * (np.random.default_rng(12).random(x.shape) < 0.8)  # a ReLU's output: exact zeros
+    st, pads, out_shape = resolved(case, x, w, b)
+    dy = np.random.default_rng(13).standard_normal(out_shape).astype(F32)
+    with gpucnn.use_backend("cupy"):
+        y = conv.conv2d_relu(x, w, b, st, pads, out_shape)
+        dx, dw, db = conv.conv2d_backward(dy, x, w, st, pads, relu_mask=True)
+    want_y = np.maximum(ref("conv2d", x, w, b, stride, padding), 0)
+    rdx, rdw, rdb = ref("conv2d_backward", dy, x, w, stride, padding)
+    k = w[0].size
+    assert_close(be.host(y), want_y, **tol(F32, k), name="y")
+    assert_close(be.host(dx), rdx * (x > 0), **tol(F32, w.shape[0] * case[5] * case[6]), name="dx")
+    assert_close(be.host(dw), rdw, **tol(F32, dy[:, 0].size), name="dw")
+    assert_close(be.host(db), rdb, **tol(F32, dy[:, 0].size), name="db")
+    missing = [e for e in expected if not _took(names, e)]
+    assert not missing, f"{cid} took {names}, not {missing}"
+    if cid == "split_k_dgrad":  # the data gradient itself split: its partials reduced with the mask applied
+        assert names[-1] == "splitk_epilogue" and names[-2].startswith("conv2d_dgrad<"), names
+
+
+@pytest.mark.parametrize("be", on("cupy"))
+def test_cupy_tf32_first_layer_keeps_the_tensor_core_gemm(be, monkeypatch):
+    """The direct kernels are exact FP32: in TF32 mode a first layer runs the GEMM on tensor cores."""
+    from gpucnn.backends.cupy import _runtime as rt
+    names = []
+    launch = rt.Family.launch
+    monkeypatch.setattr(rt.Family, "launch", lambda self, name, *a: (names.append(name), launch(self, name, *a))[1])
+    x, w, b, stride, padding = inputs(PATHS["direct_3x3_rgb"][0], F32, seed=3)
+    with gpucnn.config.tf32(True):
+        be.run("conv2d", x, w, b, stride, padding)
+    assert not any("direct" in n for n in names) and _took(names, "conv2d_fwd<*, true, false>"), names
+
+
 def tf32(a):
     """Round to TF32 as cvt.rna.tf32.f32 does: nearest, ties away from zero, 10 mantissa bits."""
     u = np.ascontiguousarray(a, F32).view(np.uint32)

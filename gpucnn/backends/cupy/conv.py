@@ -11,6 +11,9 @@ from . import _runtime as rt
 
 B = "cupy"
 _BOOL = ("false", "true")
+DIRECT_S = (3, 5)   # filter widths of the direct kernels (kernels/conv.cu, conv2d_*_direct<S>)
+DIRECT_TILE = (8, 32)   # output rows x columns a block of conv2d_fwd_direct takes (direct::TH, TW)
+DIRECT_WGRAD_ROWS = 4   # the weight gradient's tile height (direct::WTH)
 
 
 def _tiles(fast: bool):
@@ -21,6 +24,7 @@ def _tiles(fast: bool):
 
 K = rt.Family("conv", [f"conv2d_{d}<{bm}, {bn}, {tf}, {_BOOL[fast]}>" for d in ("fwd", "dgrad", "wgrad")
                        for fast in (False, True) for bm, bn in _tiles(fast) for tf in _BOOL]
+              + [f"conv2d_{d}_direct<{s}>" for d in ("fwd", "wgrad") for s in DIRECT_S]
               + ["conv_weight_gemm<false>", "conv_weight_gemm<true>", "splitk_reduce", "splitk_epilogue",
                  "conv2d_bias_grad"])
 
@@ -48,6 +52,13 @@ def _taps(channels: int, r: int, s: int) -> bool:
     return channels % rt.GEMM_BK == 0 and r * s <= 32
 
 
+def _direct(c, r, s, kf, stride, limit):
+    """A first layer (C*R*S <= 32, stride 1, S of DIRECT_S, at most `limit` filters) in exact FP32: the direct
+    kernels, which beat an implicit GEMM whose K is that short. TF32 mode keeps the GEMM (tensor cores)."""
+    return (rt.math_mode() == "false" and tuple(stride) == (1, 1) and s in DIRECT_S and c * r * s <= 32
+            and kf <= limit)
+
+
 def _gemm(name, fast, m, n, kk, args_before, out, args_after, epilogue=None):
     """Launch a forward-shaped conv GEMM (M x N, K = kk) into `out`, split over K when the plan says so:
     raw partials into a workspace, then splitk_epilogue (bias, ReLU, mask) into `out`."""
@@ -70,6 +81,13 @@ def _forward(op, x, w, b, stride, pads, out_shape, relu):
     kf, c, r, s = w.shape
     pq = out_shape[2] * out_shape[3]
     dims = _dims(x.shape, w.shape, out_shape, stride, pads)
+    if _direct(c, r, s, kf, stride, 64):
+        n, _, h, wd = x.shape
+        p, q = out_shape[2:]
+        tiles = rt.ceil_div(p, DIRECT_TILE[0]) * rt.ceil_div(q, DIRECT_TILE[1])
+        K.launch(f"conv2d_fwd_direct<{s}>", (tiles, n), (rt.ceil_div(kf, 8) * 32,),
+                 (x, w, rt.ptr(b), y, rt.i32(relu), *(rt.i32(v) for v in (c, h, wd, kf, r, p, q, pads[0], pads[2]))))
+        return y
     taps = _taps(c, r, s)
     name = f"conv2d_fwd<{{bm}}, {{bn}}, {rt.math_mode()}, {_BOOL[taps]}>"
     _gemm(name, taps, out_shape[0] * pq, kf, c * r * s, (x, _gemm_weights(w, False), rt.ptr(b)), y,
@@ -120,7 +138,41 @@ def conv2d_backward(dy, x, w, stride, pads, input_grad=True, relu_mask=False):
     if groups > 1:
         K.launch("splitk_reduce", *rt.grid_1d(kf), (part, db, rt.i32(kf), rt.i32(groups)))
 
-    m, n, kk = w[0].size, kf, nimg * pq  # weight gradient: M = R*S*C, N = K, K = N*P*Q
+    if _direct(c, r, s, kf, stride, 32):
+        _wgrad_direct(x, dy, dw, pads)
+    else:
+        _wgrad_gemm(x, dy, w, dw, dims, mode)
+
+    if input_grad:  # data gradient: M = N*H*W, N = C, K = R*S*K; stride 1: the forward over flipped filters
+        fwd = tuple(stride) == (1, 1) and _taps(kf, r, s)
+        mask = x if relu_mask else rt.NULL
+        _gemm(f"conv2d_dgrad<{{bm}}, {{bn}}, {mode}, {_BOOL[fwd]}>", fwd, nimg * h * wd, c, kf * r * s,
+              (dy, _gemm_weights(w, True), mask), dx, lambda per: (rt.i32(per), *dims),
+              (rt.NULL, 1, 1, 0, mask))
+    return dx, dw, db
+
+
+def _wgrad_direct(x, dy, dw, pads):
+    """dw of a first layer by conv2d_wgrad_direct: one partial a block (tiles of 4 x 32 output pixels), then
+    splitk_reduce. G threads share a (filter group, channel, filter row) role, as many as fit 256 threads."""
+    n, c, h, wd = x.shape
+    kf, _, r, s = dw.shape
+    p, q = dy.shape[2:]
+    roles = rt.ceil_div(kf, 8) * c * r
+    share = next(g for g in (8, 4, 2, 1) if roles * g <= 256)
+    tiles = n * rt.ceil_div(p, DIRECT_WGRAD_ROWS) * rt.ceil_div(q, DIRECT_TILE[1])
+    blocks = min(tiles, 4 * rt.sm_count())
+    part = rt.empty((blocks,) + dw.shape)
+    K.launch(f"conv2d_wgrad_direct<{s}>", (blocks,), (rt.ceil_div(roles * share, 32) * 32,),
+             (x, dy, part, *(rt.i32(v) for v in (n, c, h, wd, kf, r, p, q, pads[0], pads[2], share))))
+    K.launch("splitk_reduce", *rt.grid_1d(dw.size), (part, dw, rt.i32(dw.size), rt.i32(blocks)))
+
+
+def _wgrad_gemm(x, dy, w, dw, dims, mode):
+    """dw as an implicit GEMM: M = R*S*C, N = K, K = N*P*Q, split over K as planned."""
+    nimg, c = x.shape[:2]
+    kf = w.shape[0]
+    m, n, kk = w[0].size, kf, nimg * dy.shape[2] * dy.shape[3]
     bm, bn, splits, per = rt.gemm_plan(m, n, kk)
     blocked = c % _wgrad_run(bm, bn) == 0
     if not blocked:
@@ -131,11 +183,3 @@ def conv2d_backward(dy, x, w, stride, pads, input_grad=True, relu_mask=False):
              rt.gemm_threads(bm, bn), (x, dy, ws, rt.i32(per), *dims))
     if splits > 1:
         K.launch("splitk_reduce", *rt.grid_1d(dw.size), (ws, dw, rt.i32(dw.size), rt.i32(splits)))
-
-    if input_grad:  # data gradient: M = N*H*W, N = C, K = R*S*K; stride 1: the forward over flipped filters
-        fwd = tuple(stride) == (1, 1) and _taps(kf, r, s)
-        mask = x if relu_mask else rt.NULL
-        _gemm(f"conv2d_dgrad<{{bm}}, {{bn}}, {mode}, {_BOOL[fwd]}>", fwd, nimg * h * wd, c, kf * r * s,
-              (dy, _gemm_weights(w, True), mask), dx, lambda per: (rt.i32(per), *dims),
-              (rt.NULL, 1, 1, 0, mask))
-    return dx, dw, db

@@ -24,8 +24,9 @@
 // c inner, BK = 16 channels a step, so one step is one filter tap (r, s) for every element a thread
 // loads: a bit of a per-pixel mask (computed once: which taps fall inside the image) says whether
 // the thread's pixel reads zeros, and each element's address is a per-thread offset plus a running
-// one. It needs C % 16 == 0 and R*S <= 32 (ConvFwd<true>); other shapes take ConvFwd<false>, which
-// decomposes each k with multiply-shift divisions. Any stride, any (asymmetric) zero padding: only the
+// one. It needs C % 16 == 0 and R*S < 32 (ConvFwd<true>: a 32-bit tap mask, with a zero bit left for the
+// step past the end that the main loop may fetch); other shapes take ConvFwd<false>, which decomposes
+// each k with multiply-shift divisions. Any stride, any (asymmetric) zero padding: only the
 // top and left pads enter the index math, P and Q carry the rest. Indices are 32-bit (the launcher
 // checks every tensor has < 2^31 elements).
 #include "gemm.cuh"
@@ -84,7 +85,7 @@ struct ConvOut {
 
 // ------------------------------------------------------------------ forward (and stride-1 data gradient)
 // A(m, k) = x[img, c, p*sh - pt + r, q*sw - pl + s], k = (r*S + s)*Ci + c; B(k, n) = wg[k * Npad + n].
-// TAPS: C % BK == 0 and R*S <= 32 (one tap per K step, a tap mask per pixel); else any shape.
+// TAPS: C % BK == 0 and R*S < 32 (one tap per K step, a tap mask per pixel); else any shape.
 template <bool TAPS>
 struct ConvFwd {
     const float* x;
@@ -416,7 +417,7 @@ conv2d_fwd(const float* __restrict__ x, const float* __restrict__ wg, const floa
 }
 
 // dx = the data gradient (0 where mask <= 0 when mask is given), or split partials as above.
-// FWD: stride 1, K % 16 == 0 and R*S <= 32: run as the forward convolution of dy with the flipped filters.
+// FWD: stride 1, K % 16 == 0 and R*S < 32: run as the forward convolution of dy with the flipped filters.
 template <int BM, int BN, bool TF32, bool FWD>
 __global__ void __launch_bounds__(gemm::Tile<BM, BN>::NT, gemm::Tile<BM, BN>::blocks(FWD, TF32))
 conv2d_dgrad(const float* __restrict__ dy, const float* __restrict__ wg, const float* __restrict__ mask,
@@ -449,12 +450,13 @@ conv2d_wgrad(const float* __restrict__ x, const float* __restrict__ dy, float* _
 }
 
 // ------------------------------------------------------------------ direct convolution (a network's first layer)
-// With few input channels (C*R*S <= 32: an RGB or grey image under 3x3 or 5x5 filters) an implicit
-// GEMM has too short a K to pay for its loads; these kernels convolve directly instead (FP32; stride 1,
-// S a compile-time 3 or 5, K <= 64 filters). A block takes an 8 x 32 tile of output pixels of one image
-// and every filter: the input tile it needs (C x (8+R-1) x (32+S-1), zeros outside the image) and the
-// filters go to shared memory once, then each thread multiplies 8 filters by a row of 8 pixels, tap row
-// by tap row: a row segment of 8+S-1 inputs (three 16-byte loads) and 2 x S filter quads feed 64 x S FMAs.
+// With few input channels (C*R*S <= 32: an RGB or grey image under 3x3 filters) an implicit GEMM has
+// too short a K to pay for its loads; these kernels convolve directly instead (FP32; stride 1; the filter
+// width S a compile-time constant, the launcher instantiates 3; K <= 64 filters, 32 for the weight
+// gradient). A block takes an 8 x 32 tile of output pixels of one image and every filter: the input tile
+// it needs (C x (8+R-1) x (32+S-1), zeros outside the image) and the filters go to shared memory once,
+// then each thread multiplies 8 filters by a row of 8 pixels, tap row by tap row: a row segment of 8+S-1
+// inputs (three 16-byte loads) and 2 x S filter quads feed 64 x S FMAs.
 namespace direct {
 constexpr int TH = 8, TW = 32, PX = 8;                    // output tile, pixels a thread along a row
 constexpr int WTH = 4;                                    // the weight gradient's tile height

@@ -222,9 +222,10 @@ __device__ __forceinline__ void block_tile(const P& p, int m0, int n0, int kt_be
     }
     cp_async_wait_all();
     __syncthreads();
-    // Step kt on stage `cur` while step kt + 1's loads fill the other stage. Unrolled twice below, so
-    // the stages' addresses are constants; the last one or two steps are peeled off, so the loop has
-    // no branch but its own.
+    // Step kt on stage `cur` while step kt + 1's loads fill the other stage. The main loop runs it
+    // twice an iteration, so the stages' addresses are constants and the loop has no branch but its
+    // own; it may fetch one step past the end (every loader bounds-checks K, and a split's next step
+    // is in-bounds data never multiplied); an odd last step is multiplied after it.
     auto step = [&](int kt, int cur) {
         const auto st = p.step(t, kt + 1);
         la.fetch(smem_at(as_addr, (cur ^ 1) * BK * AP), st);
@@ -236,16 +237,11 @@ __device__ __forceinline__ void block_tile(const P& p, int m0, int n0, int kt_be
         __syncthreads();
     };
     int kt = kt_begin;
-    for (; kt + 2 < kt_end; kt += 2) {
+    for (; kt + 1 < kt_end; kt += 2) {
         step(kt, 0);
-        step(kt + 1, 1);
+        step(kt + 1, 1);  // on the last pair this fetches step kt_end: in-bounds, zero-filled or unused
     }
-    if (kt + 1 < kt_end) {  // two steps left
-        step(kt, 0);
-        multiply(As[1], Bs[1]);
-    } else if (kt < kt_end) {
-        multiply(As[0], Bs[0]);
-    }
+    if (kt < kt_end) multiply(As[0], Bs[0]);  // an odd last step
 
     // ---- epilogue: every element of C this thread holds goes through the problem's store
     if constexpr (TF32) {

@@ -10,6 +10,7 @@ import importlib
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -42,7 +43,17 @@ def test_every_kernel_file_has_a_launcher(stem):
 
 
 def ptxas_report(stem, tmp):
-    """nvcc's output (with ptxas -v) for kernels/<stem>.cu, every instance, both architectures."""
+    """nvcc's output (with ptxas -v) for kernels/<stem>.cu, every instance, both architectures.
+
+    Where cuobjdump is installed too (the [perf] extra), each architecture is built the way the static
+    kernel model builds it (gpucnn.perf.sass.build: the source CuPy compiles, every instance, cached by
+    content), the two in parallel: `gpucnn kernels` and tests/test_perf.py then find these builds in the
+    cache instead of compiling the same sources again."""
+    from gpucnn.perf import sass
+    if sass.missing() is None:
+        with ThreadPoolExecutor(len(ARCHS)) as pool:
+            builds = pool.map(lambda a: sass.build(_runtime.module_source(stem), KERNELS, names_of(stem), a), ARCHS)
+            return "\n".join(b["ptxas"] for b in builds)
     names = names_of(stem)
     src = tmp / f"{stem}_all.cu"
     refs = "void* gpucnn_instances[] = {" + ", ".join(f"(void*)&{n}" for n in names) + "};"
@@ -61,6 +72,8 @@ def test_compiles_for_sm80_and_sm90_without_spills(tmp_path, stem):
     entries = re.findall(r"Compiling entry function '([^']+)' for '(sm_\d+)'", text)
     for arch in ARCHS:
         assert any(a == arch for _, a in entries), f"no kernel of {stem}.cu was compiled for {arch}:\n{text[-2000:]}"
+    warnings = [line for line in text.splitlines() if re.search(r"\bwarning\b", line, re.I)]
+    assert not warnings, f"{stem}.cu: compiler warnings:\n" + "\n".join(warnings[:20])
     spills = re.findall(r"(\d+) bytes spill stores", text)
     assert len(spills) >= len(entries), f"ptxas -v printed no spill line for some kernels of {stem}.cu"
     bad = [line for line in text.splitlines() if re.search(r"[1-9]\d* bytes spill stores", line)]

@@ -345,7 +345,8 @@ def test_cupy_relu_mask_fused_into_the_data_gradient(be, cid):
 # (the emulator reports 4 SMs, so a one-tile GEMM with a long K is split) with the split epilogue.
 PATHS = {
     "direct_3x3_rgb": ((3, 3, 19, 37, 20, 3, 3, 1, 1), ("conv2d_fwd_direct<3>", "conv2d_wgrad_direct<3>")),
-    "direct_5x5_grey": ((2, 1, 13, 9, 12, 5, 5, 1, 2), ("conv2d_fwd_direct<5>", "conv2d_wgrad_direct<5>")),
+    "direct_3x3_grey": ((3, 1, 28, 28, 32, 3, 3, 1, 1), ("conv2d_fwd_direct<3>", "conv2d_wgrad_direct<3>")),
+    "general_5x5_grey": ((2, 1, 13, 9, 12, 5, 5, 1, 2), ("conv2d_fwd<*, false>", "conv2d_wgrad<*, false>")),
     "taps": ((2, 16, 6, 7, 32, 3, 3, 1, 1), ("conv2d_fwd<*, true>", "conv2d_dgrad<*, true>", "conv2d_wgrad<*, true>")),
     "general_stride2": ((2, 16, 9, 8, 16, 3, 3, 2, 1), ("conv2d_fwd<*, true>", "conv2d_dgrad<*, false>")),
     "general_c5": ((2, 5, 7, 6, 9, 3, 3, 1, 1), ("conv2d_fwd<*, false>", "conv2d_wgrad<*, false>")),

@@ -297,6 +297,14 @@ GEMM_BK = 16
 # the general (slower-gathering) variants of a GEMM: only the tiles of 128 threads or more, whose threads
 # load few elements a step (the narrow tiles' many loads a thread would not fit in registers there)
 GENERAL_TILES = ((128, 128), (128, 64))
+TF32_TILES = ((128, 128), (128, 64), (64, 64))  # TF32: the tiles whose warps hold 4 x 4 mma tiles
+
+
+def gemm_tiles(fast: bool, tf32: str | bool) -> tuple:
+    """The (BM, BN) tiles a GEMM variant is instantiated for: every tile for the fast gathers in FP32, the
+    wide ones for the general gathers (GENERAL_TILES) and for TF32 (TF32_TILES); tf32 as math_mode() gives it."""
+    tiles = GEMM_TILES if fast else GENERAL_TILES
+    return tuple(t for t in tiles if t in TF32_TILES) if tf32 in (True, "true") else tiles
 # threads of a tile's block (gemm::Tile<BM, BN>::NT: 8x8 of C per thread)
 GEMM_THREADS = {(128, 128): 256, (128, 64): 128, (128, 32): 64, (64, 64): 64, (64, 32): 32}
 # what a tile's main loop delivers, as a share of the FP32 FMA rate (the static model of gemm.cuh's SASS,

@@ -11,19 +11,13 @@ from . import _runtime as rt
 
 B = "cupy"
 _BOOL = ("false", "true")
-DIRECT_S = (3, 5)   # filter widths of the direct kernels (kernels/conv.cu, conv2d_*_direct<S>)
+DIRECT_S = (3,)   # filter widths of the direct kernels (kernels/conv.cu, conv2d_*_direct<S>; 5 compiles too)
 DIRECT_TILE = (8, 32)   # output rows x columns a block of conv2d_fwd_direct takes (direct::TH, TW)
 DIRECT_WGRAD_ROWS = 4   # the weight gradient's tile height (direct::WTH)
 
 
-def _tiles(fast: bool):
-    """The tiles a variant is instantiated for: every tile for the fast gathers, the wide ones for the
-    general gathers (_runtime.GENERAL_TILES)."""
-    return rt.GEMM_TILES if fast else rt.GENERAL_TILES
-
-
 K = rt.Family("conv", [f"conv2d_{d}<{bm}, {bn}, {tf}, {_BOOL[fast]}>" for d in ("fwd", "dgrad", "wgrad")
-                       for fast in (False, True) for bm, bn in _tiles(fast) for tf in _BOOL]
+                       for fast in (False, True) for tf in _BOOL for bm, bn in rt.gemm_tiles(fast, tf)]
               + [f"conv2d_{d}_direct<{s}>" for d in ("fwd", "wgrad") for s in DIRECT_S]
               + ["conv_weight_gemm<false>", "conv_weight_gemm<true>", "splitk_reduce", "splitk_epilogue",
                  "conv2d_bias_grad"])
@@ -49,7 +43,7 @@ def _gemm_weights(w, flip: bool):
 
 def _taps(channels: int, r: int, s: int) -> bool:
     """The forward gather's fast path: BK channels a K step, one filter tap a step (a 32-bit tap mask)."""
-    return channels % rt.GEMM_BK == 0 and r * s <= 32
+    return channels % rt.GEMM_BK == 0 and r * s < 32
 
 
 def _direct(c, r, s, kf, stride, limit):
@@ -62,7 +56,7 @@ def _direct(c, r, s, kf, stride, limit):
 def _gemm(name, fast, m, n, kk, args_before, out, args_after, epilogue=None):
     """Launch a forward-shaped conv GEMM (M x N, K = kk) into `out`, split over K when the plan says so:
     raw partials into a workspace, then splitk_epilogue (bias, ReLU, mask) into `out`."""
-    bm, bn, splits, per = rt.gemm_plan(m, n, kk, _tiles(fast))
+    bm, bn, splits, per = rt.gemm_plan(m, n, kk, rt.gemm_tiles(fast, rt.math_mode()))
     target = out if splits == 1 else rt.empty((splits,) + out.shape)
     K.launch(name.format(bm=bm, bn=bn), (rt.ceil_div(m, bm), rt.ceil_div(n, bn), splits), rt.gemm_threads(bm, bn),
              (*args_before, target, *args_after(per)))
@@ -173,10 +167,10 @@ def _wgrad_gemm(x, dy, w, dw, dims, mode):
     nimg, c = x.shape[:2]
     kf = w.shape[0]
     m, n, kk = w[0].size, kf, nimg * dy.shape[2] * dy.shape[3]
-    bm, bn, splits, per = rt.gemm_plan(m, n, kk)
-    blocked = c % _wgrad_run(bm, bn) == 0
+    bm, bn, splits, per = rt.gemm_plan(m, n, kk, rt.gemm_tiles(True, mode))
+    blocked = c % _wgrad_run(bm, bn) == 0  # a thread's run of rows is one tap: C a multiple of the run
     if not blocked:
-        bm, bn, splits, per = rt.gemm_plan(m, n, kk, rt.GENERAL_TILES)
+        bm, bn, splits, per = rt.gemm_plan(m, n, kk, rt.gemm_tiles(False, mode))
         blocked = c % _wgrad_run(bm, bn) == 0
     ws = dw if splits == 1 else rt.empty((splits,) + w.shape)
     K.launch(f"conv2d_wgrad<{bm}, {bn}, {mode}, {_BOOL[blocked]}>", (rt.ceil_div(m, bm), rt.ceil_div(n, bn), splits),

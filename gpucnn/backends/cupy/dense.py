@@ -7,8 +7,7 @@ from . import _runtime as rt
 B = "cupy"
 _BOOL = ("false", "true")
 K = rt.Family("dense", [f"linear_{d}<{bm}, {bn}, {tf}, {_BOOL[vec]}>" for d in ("fwd", "dgrad", "wgrad")
-                        for vec in (False, True) for bm, bn in (rt.GEMM_TILES if vec else rt.GENERAL_TILES)
-                        for tf in _BOOL]
+                        for vec in (False, True) for tf in _BOOL for bm, bn in rt.gemm_tiles(vec, tf)]
               + ["splitk_reduce", "splitk_epilogue", "linear_bias_grad"])
 
 
@@ -20,7 +19,8 @@ def _vec(*arrays, sizes=()) -> str:
 def _launch(name, m, n, k, args, out, after, epilogue=None):
     """One linear GEMM (C = M x N, K) into `out`, split over K when the plan says so (partials, then
     splitk_reduce, or splitk_epilogue with the forward's bias and ReLU)."""
-    bm, bn, splits, per = rt.gemm_plan(m, n, k, rt.GEMM_TILES if name.endswith("true>") else rt.GENERAL_TILES)
+    mode, vec = (a.strip(" >") for a in name.split(",")[-2:])  # linear_*<{bm}, {bn}, TF32, VEC4>
+    bm, bn, splits, per = rt.gemm_plan(m, n, k, rt.gemm_tiles(vec == "true", mode))
     target = out if splits == 1 else rt.empty((splits,) + out.shape)
     K.launch(name.format(bm=bm, bn=bn), (rt.ceil_div(m, bm), rt.ceil_div(n, bn), splits), rt.gemm_threads(bm, bn),
              (*args, target, *after(per)))

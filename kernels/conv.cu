@@ -286,7 +286,8 @@ struct ConvDgrad {
 // A(m, k) = x[img, c, p*sh - pt + r, q*sw - pl + s] with m = (r*S + s)*C + c, k = (img, p, q);
 // B(k, n) = dy[img, n, p, q]. Each thread loads one k of every step (its pixel, decomposed once a step
 // in `step`, shared by both loaders) for a run of consecutive m (A) and n (B).
-// BLOCKED: C % (run length) == 0, so a thread's run is one tap (r, s): one bounds check a step.
+// BLOCKED: C and K multiples of the A and B run lengths, so a thread's A run is one tap (r, s) and its
+// B run is all inside K or all outside: one bounds check a step for each.
 template <bool BLOCKED>
 struct ConvWgrad {
     const float* x;
@@ -375,7 +376,8 @@ struct ConvWgrad {
         __device__ __forceinline__ void fetch(smem_t stage, const Step& st) {
             const float* first = dy + unsigned(st.dybase);
 #pragma unroll
-            for (int i = 0; i < L; ++i) cp_async4(smem_at(stage, at0 + i), advance(first, PQ * 4u, i), st.ok && i < nvalid);
+            for (int i = 0; i < L; ++i)  // BLOCKED: K is a multiple of the run, which is all in or all out
+                cp_async4(smem_at(stage, at0 + i), advance(first, PQ * 4u, i), st.ok && (BLOCKED ? nvalid > 0 : i < nvalid));
         }
         __device__ void stash(float*) {}
     };

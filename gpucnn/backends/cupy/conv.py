@@ -99,10 +99,11 @@ def conv2d_relu(x, w, b, stride, pads, out_shape):
     return _forward("conv2d_relu", x, w, b, stride, pads, out_shape, relu=True)
 
 
-# slots of A each thread of a tile loads per K step (gemm.cuh): the weight gradient's run of
-# consecutive (r, s, c) rows, one filter tap when C is a multiple of it
-def _wgrad_run(bm, bn):
-    return bm * rt.GEMM_BK // rt.GEMM_THREADS[(bm, bn)]
+# the weight gradient's runs (kernels/conv.cu, ConvWgrad): each thread of a tile loads, per K step, a run
+# of consecutive (r, s, c) rows of A and of filters of B; BLOCKED when C and K are multiples of them
+def _wgrad_blocked(c, kf, bm, bn):
+    threads = rt.GEMM_THREADS[(bm, bn)]
+    return c % (bm * rt.GEMM_BK // threads) == 0 and kf % (bn * rt.GEMM_BK // threads) == 0
 
 
 @register("conv2d_backward", B)
@@ -168,10 +169,10 @@ def _wgrad_gemm(x, dy, w, dw, dims, mode):
     kf = w.shape[0]
     m, n, kk = w[0].size, kf, nimg * dy.shape[2] * dy.shape[3]
     bm, bn, splits, per = rt.gemm_plan(m, n, kk, rt.gemm_tiles(True, mode))
-    blocked = c % _wgrad_run(bm, bn) == 0  # a thread's run of rows is one tap: C a multiple of the run
+    blocked = _wgrad_blocked(c, kf, bm, bn)
     if not blocked:
         bm, bn, splits, per = rt.gemm_plan(m, n, kk, rt.gemm_tiles(False, mode))
-        blocked = c % _wgrad_run(bm, bn) == 0
+        blocked = _wgrad_blocked(c, kf, bm, bn)
     ws = dw if splits == 1 else rt.empty((splits,) + w.shape)
     K.launch(f"conv2d_wgrad<{bm}, {bn}, {mode}, {_BOOL[blocked]}>", (rt.ceil_div(m, bm), rt.ceil_div(n, bn), splits),
              rt.gemm_threads(bm, bn), (x, dy, ws, rt.i32(per), *dims))

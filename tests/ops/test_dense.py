@@ -141,3 +141,31 @@ def test_cupy_linear_misaligned_input_takes_the_scalar_path(be):
 def test_cupy_linear_refuses_float64(be):
     with pytest.raises(TypeError, match="float32"):
         be.run("linear", np.ones((2, 3)), np.ones((4, 3)), None)
+
+
+def _tf32(a):
+    """Round to TF32 as cvt.rna.tf32.f32 does: nearest, ties away from zero, 10 mantissa bits."""
+    u = np.ascontiguousarray(a, F32).view(np.uint32)
+    return ((u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(F32)
+
+
+# TF32 mode: products of TF32-rounded operands summed in FP32, for the forward and both gradients: 16-byte
+# loads (sizes multiples of 4), scalar loads (odd sizes), a forward split over K (the emulator's 4 SMs)
+@pytest.mark.parametrize("case", [(128, 256, 64), (5, 37, 11), (4, 512, 8)], ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("be", on("cupy"))
+def test_cupy_linear_tf32_multiplies_tf32_rounded_inputs(be, case):
+    import gpucnn
+    x, w, b, dy = data(case, F32, seed=21)
+    with gpucnn.config.tf32(True):
+        y = be.host(be.run("linear", x, w, b))
+        dx, dw, db = (be.host(a) for a in be.run("linear_backward", dy, x, w))
+    X, W, DY = (_tf32(a).astype(F64) for a in (x, w, dy))
+    for name, got, want, scale in (
+            ("y", y, X @ W.T + b, np.abs(x).astype(F64) @ np.abs(w).T.astype(F64)),
+            ("dx", dx, DY @ W, np.abs(dy).astype(F64) @ np.abs(w).astype(F64)),
+            ("dw", dw, DY.T @ X, np.abs(dy).T.astype(F64) @ np.abs(x).astype(F64))):
+        assert np.all(np.abs(got - want) <= 1e-6 * scale + 1e-6), f"TF32 {name} is not the TF32-rounded product"
+        exact = {"y": x.astype(F64) @ w.T.astype(F64) + b, "dx": dy.astype(F64) @ w.astype(F64),
+                 "dw": dy.T.astype(F64) @ x.astype(F64)}[name]
+        assert np.max(np.abs(got - exact)) > 1e-5 * np.max(scale), f"TF32 {name} looks like FP32"
+    assert_close(db, dy.sum(0), rtol=1e-5, atol=1e-5, name="db")

@@ -82,3 +82,35 @@ def test_the_check_catches_a_missing_barrier(tmp_path, monkeypatch):
         fn((1,), (64,), (x, out))
         results[order] = out[0]
     assert results["forward"] != results["reverse"]
+
+
+ASYNC = r"""
+#include "common.cuh"
+// copies x into shared memory with cp.async, then reads it back: with the wait (WAIT 1) or without
+template <int WAIT>
+__global__ void async_copy(const float* x, float* out) {
+    __shared__ __align__(16) float s[64];
+    s[threadIdx.x] = -1.f;
+    __syncthreads();
+    cp_async4(smem_address(&s[threadIdx.x]), x + threadIdx.x, threadIdx.x % 2 == 0);  // odd lanes: zero-fill
+    if (WAIT) cp_async_wait_all();
+    out[threadIdx.x] = s[threadIdx.x];
+    if (!WAIT) cp_async_wait_all();  // the copy lands only now, after the read
+}
+"""
+
+
+def test_cp_async_lands_at_the_wait(tmp_path):
+    """The emulator's cp.async writes shared memory when the thread waits, not when it is issued (a device
+    gives no earlier guarantee): a kernel that reads before waiting sees the old value, as it may on a GPU;
+    src-size 0 zero-fills."""
+    from gpucnn.backends.cupy import _runtime
+    src = tmp_path / "async.cu"
+    src.write_text(ASYNC.replace('#include "common.cuh"', f'#include "{_runtime.kernels_dir() / "common.cuh"}"'))
+    module = hostemu.Module(src, ["async_copy<1>", "async_copy<0>"])
+    x = np.arange(1, 65, dtype=np.float32)
+    waited, early = np.zeros(64, np.float32), np.zeros(64, np.float32)
+    module.get_function("async_copy<1>")((1,), (64,), (x, waited))
+    module.get_function("async_copy<0>")((1,), (64,), (x, early))
+    assert np.array_equal(waited, np.where(np.arange(64) % 2 == 0, x, 0))
+    assert np.all(early == -1)

@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from gpucnn import bench, models
+from gpucnn import bench, models, perf
 from gpucnn.backend import get_backend
-from gpucnn.bench import CPU_CLOCK, GPU_CLOCK, Case, GpuFigureError
+from gpucnn.bench import CPU_CLOCK, GPU_CLOCK, Case, GpuFigureError, modelled
+from gpucnn.perf import sass
 
 
 # --------------------------------------------------------------------------- counts against hand counts
@@ -214,3 +215,88 @@ def test_cli_bench_writes_results(tmp_path, capsys):
     assert [n.rsplit(".", 1)[1] for n in names] == ["json", "md", "png"]
     doc = bench.validate(json.loads((tmp_path / names[0]).read_text()))
     assert {r["shape"] for r in doc["cases"]} == {"1x32x28x28", "1x64x14x14", "1x128x7x7"}
+
+
+# --------------------------------------------------------------------------- the static kernel model beside the measurement
+
+MODEL_KW = dict(backends=["numpy", "cupy"], ops=["conv2d", "max_pool2d_backward"], models=["mnist_cnn"],
+                batches=(2,), warmup=0, min_repeats=1, max_repeats=1, min_time_s=0, step_batch=4, step_repeats=1, reference=False,
+                ceilings_small=True, rotate_bytes=1 << 16, progress=False, command="test")
+
+
+@pytest.fixture(scope="module")
+def model_doc():
+    return bench.run(**MODEL_KW)
+
+
+def test_the_gpu_modelled_comes_from_the_device_name():
+    assert modelled.choose_gpu({"name": "NVIDIA H100 80GB HBM3"}) == ("h100", None)
+    assert modelled.choose_gpu({"name": "NVIDIA H200"}) == ("h200", None)
+    assert modelled.choose_gpu({"name": "NVIDIA A100-SXM4-80GB"}) == ("a100", None)
+    key, why = modelled.choose_gpu({"name": "NVIDIA L4"})
+    assert key == "h200" and "'NVIDIA L4'" in why and "H200 assumed" in why
+    key, why = modelled.choose_gpu(None)
+    assert key == "h200" and "no GPU" in why
+
+
+@pytest.mark.skipif(sass.missing() is not None, reason=sass.missing() or "")
+def test_cupy_rows_carry_the_model_labelled_as_a_model(model_doc, tmp_path):
+    doc = bench.validate(json.loads(json.dumps(model_doc)))
+    assert doc["model"]["gpu"] == "h200" and doc["model"]["absent"] is None
+    cupy = [r for r in doc["cases"] if r["impl"] == "cupy"]
+    numpy_rows = [r for r in doc["cases"] if r["impl"] == "numpy"]
+    assert len(cupy) == len(numpy_rows) == 6 and all("model_us" not in r for r in numpy_rows)
+    for r in cupy:   # no GPU here: not measured, and the model beside it
+        assert "median_ms" not in r and "clock" not in r
+        assert r["not_measured"] == next(s["reason"] for s in doc["skipped"] if s["backend"] == "cupy")
+        assert r["model_us"] > 0 and r["model_gpu"] == "H200 (assumed)" and "measured_over_model" not in r
+        assert r["model_label"].startswith("model") and "not measured" in r["model_label"]
+    # each case's figure is predict_call's for the same call: recorded once, the same launches
+    case = Case("conv2d", 2, 1, 28, 28, k=32, r=3, s=3, pad=1)
+    prepare, call = bench.gpucnn_impl(case)
+    host = bench.host_inputs(case, np.random.default_rng(0))
+    _, us = perf.predict_call(call, "h200", prepare=lambda: prepare(host))
+    assert next(r for r in cupy if r["shape"] == case.shape_text and r["op"] == "conv2d")["model_us"] == \
+        pytest.approx(us)
+    step = next(r for r in doc["train_step"] if r["impl"] == "cupy")
+    assert "not_measured" in step and step["model_us"] > 0 and step["batch"] == 4
+    text = bench.format_table(doc)
+    assert "model µs" in text and "(model)" in text and "MODEL figures, not measurements" in text
+    assert "H200 FP32 (no GPU in this run: H200 assumed)" in text and "not measured" in text
+    md = bench.to_markdown(doc)
+    assert "model µs" in md and "a model, not a measurement" in md
+    bench.write_results(doc, tmp_path)   # the roofline leaves the rows no clock measured out
+
+
+def test_a_measured_cupy_row_gets_measured_over_model():
+    result = {"gpu": "h100", "gpu_name": "H100", "assumed": None, "label": modelled.MODEL_LABEL, "absent": None}
+    row = modelled.fields(result, 50.0, measured_ms=0.1)
+    assert row == {"model_gpu": "H100", "model_label": modelled.MODEL_LABEL, "model_us": 50.0,
+                   "measured_over_model": pytest.approx(2.0)}
+    absent = modelled.fields(dict(result, absent="gpucnn kernels needs nvcc"), 50.0, measured_ms=0.1)
+    assert absent["model_us"] is None and "needs nvcc" in absent["model_absent"]
+    assert "measured_over_model" not in absent
+
+
+def test_a_model_figure_must_say_it_is_a_model(model_doc):
+    forged = json.loads(json.dumps(model_doc))
+    row = next(r for r in forged["cases"] if r["impl"] == "cupy")
+    row["model_label"] = "measured"
+    with pytest.raises(ValueError, match="model_label"):
+        bench.validate(forged)
+    forged = json.loads(json.dumps(model_doc))
+    row = next(r for r in forged["cases"] if r["impl"] == "cupy")
+    row["median_ms"] = 1.0   # a time on a row no clock measured
+    with pytest.raises(ValueError, match="not measured"):
+        bench.validate(forged)
+
+
+def test_without_nvcc_the_model_column_says_why(monkeypatch):
+    monkeypatch.setattr(sass, "missing", lambda: "gpucnn kernels needs nvcc, not found here: install the toolkit")
+    doc = bench.run(**dict(MODEL_KW, step=False, ops=["conv2d"]))
+    assert doc["model"]["absent"].startswith("gpucnn kernels needs nvcc")
+    cupy = [r for r in doc["cases"] if r["impl"] == "cupy"]
+    assert cupy and all(r["model_us"] is None and "needs nvcc" in r["model_absent"] for r in cupy)
+    text = bench.format_table(doc)
+    assert "model column is absent: gpucnn kernels needs nvcc" in text and "absent (see 'model:' above)" in text
+    assert not bench.run(**dict(MODEL_KW, step=False, ops=["conv2d"], model=False)).get("model")

@@ -33,6 +33,11 @@ What is timed, and how
   importable: on a GPU cuDNN (convolutions) and PyTorch's CUDA kernels
   (pooling, ReLU), timed with CUDA events, TF32 as ``gpucnn.config.allow_tf32``;
   on the CPU PyTorch's CPU kernels (oneDNN), labelled as such, never cuDNN.
+* Model column: every cupy row (each case, and the training step; measured or, with no GPU here, "not
+  measured") carries the static kernel model's predicted time (``gpucnn.perf``: ``model_us``, ``model_gpu``,
+  ``model_label``; ``measured_over_model`` beside a CUDA-event measurement) for the run's GPU by its name
+  (H100, H200, A100; otherwise an H200, said to be assumed), so a GPU run calibrates the model. Every such
+  figure is labelled a model; without nvcc/cuobjdump the column says why (``modelled``).
 
 A backend running in a simulator (Numba's CUDA simulator, the CuPy backend's
 host emulation) is never timed (its figures would be CPU emulation); it is
@@ -41,7 +46,7 @@ listed under ``skipped`` with the reason.
 The package, one module per concern: ``cases`` (Case, the zoo's shapes, the sweep,
 inputs, counts, rates), ``timers`` (clock labels, which backends are timed,
 measure), ``ceilings`` (ceilings, caches, environment), ``torch_twins`` (the
-PyTorch reference), ``steps`` (whole training steps), ``reports`` (rows,
+PyTorch reference), ``steps`` (whole training steps), ``modelled`` (the model column), ``reports`` (rows,
 validate, tables, files) and ``plots``; ``run`` here ties them together.
 """
 from __future__ import annotations
@@ -78,8 +83,11 @@ __all__ = [
 def run(backends=None, ops=OPS, models=BENCH_MODELS, batches=(1, 32, 128), sweep=False, sweep_sizes=None,
         reference=True, warmup=2, min_repeats=10, max_repeats=100, min_time_s=0.3, step=True, step_models=None,
         step_batch=128, step_warmup=2, step_repeats=10, ceilings_small=False, rotate_bytes=None, progress=True, seed=0,
-        command=None) -> dict:
-    """Time every case on every runnable backend (and PyTorch beside it); return the results document."""
+        command=None, model=True) -> dict:
+    """Time every case on every runnable backend (and PyTorch beside it); return the results document.
+
+    `model`: put the static kernel model's predicted time (``gpucnn.perf``, labelled a model) beside every
+    cupy row, measured or not (``bench.modelled``)."""
     names, skipped = plan_backends(backends)
     cases = model_cases(models, batches, ops) if models else []
     if sweep:
@@ -130,22 +138,60 @@ def run(backends=None, ops=OPS, models=BENCH_MODELS, batches=(1, 32, 128), sweep
                                                     "first_call_ms", "rotation")}
             row["vs_reference"] = row["median_ms"] / ref["median_ms"]
         rows.append(row)
+    step_list = train_step_bench(step_models or models or BENCH_MODELS, step_batch, names, step_warmup, step_repeats,
+                                 reference) if step else []
+    env = environment(gpu)
+    cupy_skipped = next((s["reason"] for s in skipped if s["backend"] == "cupy"), None)
+    modelled = None
+    if model and ("cupy" in names or cupy_skipped):
+        modelled = _put_model(cases, rows, step_list, names, cupy_skipped, env["gpu"], tf32, step_models or models
+                              or BENCH_MODELS, step_batch, step, seed)
     doc = {
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command or " ".join(sys.argv),
-        **environment(gpu),
+        **env,
         "settings": {"warmup": warmup, "min_repeats": min_repeats, "max_repeats": max_repeats,
                      "min_time_s": min_time_s, "rotate_bytes": rotate_bytes, "allow_tf32": tf32,
                      "backends_timed": names, "dtype": "float32"},
         "ceilings": ceilings,
         "skipped": skipped,
         "cases": rows,
-        "train_step": train_step_bench(step_models or models or BENCH_MODELS, step_batch, names, step_warmup, step_repeats,
-                                       reference) if step else [],
+        "train_step": step_list,
     }
+    if modelled is not None:
+        doc["model"] = modelled
     validate(doc)
     return doc
+
+
+def _put_model(cases, rows, step_list, names, cupy_skipped, gpu, tf32, step_models, step_batch, step, seed) -> dict:
+    """The model fields on every cupy row, in place; a "not measured" cupy row (with the model) for each case
+    and step no GPU timed here. Returns the run's model summary (doc["model"])."""
+    from . import modelled as M
+    result = M.run_model(cases, [(m, step_batch) for m in step_models] if step else [], gpu, tf32, seed)
+    for row, case in zip(rows, [c for c in cases for _ in names]):
+        if row["impl"] == "cupy":
+            row.update(M.fields(result, result["cases"].get(case), row["median_ms"]))
+    if cupy_skipped:
+        per = len(names)
+        merged = []
+        for i, case in enumerate(cases):
+            merged += rows[i * per:(i + 1) * per]
+            merged.append(M.not_measured_case_row(case, cupy_skipped) | M.fields(result, result["cases"].get(case)))
+        rows[:] = merged
+    for row in step_list:
+        if row["impl"] in ("cupy", "cupy-cuda-graph") and "median_ms" in row:
+            row.update(M.fields(result, result["steps"].get((row["model"], row["batch"])), row["median_ms"]))
+    if cupy_skipped and step:
+        for m in step_models:
+            at = next((i for i, r in enumerate(step_list) if r["model"] == m and r["impl"].startswith("torch")),
+                      max([i + 1 for i, r in enumerate(step_list) if r["model"] == m], default=len(step_list)))
+            step_list.insert(at, {"model": m, "batch": step_batch, "impl": "cupy", "label": "gpucnn cupy",
+                                  "device": "gpu", "not_measured": cupy_skipped}
+                             | M.fields(result, result["steps"].get((m, step_batch))))
+    return {"gpu": result["gpu"], "gpu_name": result["gpu_name"], "assumed": result["assumed"],
+            "label": result["label"], "absent": result["absent"], "tf32": result["tf32"]}
 
 
 def _progress(items, enabled, desc):

@@ -14,7 +14,7 @@ def plot_roofline(doc: dict, ax=None):
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(8, 5.5))
-    rows = [r for r in doc["cases"] if r["flops"]]
+    rows = [r for r in doc["cases"] if r["flops"] and "median_ms" in r]
     if not rows:
         raise ValueError("no case with a FLOP count to plot")
     ai = [r["intensity"] for r in rows]
@@ -52,7 +52,7 @@ def plot_sweep(doc: dict, ax=None):
     """Median time against input size for the sweep cases, one line per op and implementation."""
     import matplotlib.pyplot as plt
     validate(doc)
-    rows = [r for r in doc["cases"] if r["source"] == "sweep"]
+    rows = [r for r in doc["cases"] if r["source"] == "sweep" and "median_ms" in r]
     if not rows:
         raise ValueError("no sweep cases in these results (run with sweep=True / --sweep)")
     fig = None

@@ -50,6 +50,13 @@ def validate(doc: dict) -> dict:
     for dev, c in doc["ceilings"].items():
         check_clock(dev, c["clock"])
     for i, row in enumerate(doc["cases"]):
+        _check_model(row, f"cases[{i}]")
+        if "not_measured" in row:  # a cupy case no GPU timed here: only its shape, why, and the model
+            need(row, {"op": str, "shape": str, "impl": str, "label": str, "device": str, "not_measured": str},
+                 f"cases[{i}]")
+            if any(k in row for k in ("median_ms", "times_ms", "clock")):
+                raise ValueError(f"cases[{i}]: a row not measured carries no time")
+            continue
         need(row, _CASE_KEYS, f"cases[{i}]")
         check_clock(row["device"], row["clock"])
         if row.get("reference"):
@@ -57,11 +64,24 @@ def validate(doc: dict) -> dict:
         if row["median_ms"] <= 0 or row["repeats"] != len(row["times_ms"]):
             raise ValueError(f"cases[{i}]: a median must be positive and repeats must match times_ms")
     for i, row in enumerate(doc["train_step"]):
+        _check_model(row, f"train_step[{i}]")
         if "not_measured" not in row:
             need(row, {"model": str, "batch": int, "label": str, "device": str, "clock": str, "median_ms": float,
                        "images_per_s": float}, f"train_step[{i}]")
             check_clock(row["device"], row["clock"])
     return doc
+
+
+def _check_model(row: dict, where: str) -> None:
+    """A model figure is labelled a model, names its GPU, and is never taken for a measurement."""
+    if not any(k in row for k in ("model_us", "model_absent", "measured_over_model")):
+        return
+    if not str(row.get("model_label", "")).startswith("model") or not row.get("model_gpu"):
+        raise ValueError(f"{where}: a model figure needs model_label (a model, not measured) and model_gpu")
+    if row.get("model_us") is None and not row.get("model_absent"):
+        raise ValueError(f"{where}: model_us is absent, so model_absent must say why")
+    if "measured_over_model" in row and "median_ms" not in row:
+        raise ValueError(f"{where}: measured_over_model without a measurement")
 
 
 def device_title(device: str, clock: str) -> str:
@@ -76,25 +96,52 @@ def _fmt(v, scale=1.0, digits=1, unit=""):
 def table_rows(doc: dict) -> list[list[str]]:
     head = ["op", "input", "backend", "device", "ms", "GFLOP/s", "% FP32 peak", "GB/s", "% copy BW", "reference",
             "ref ms", "× ref"]
+    with_model = _has_model(doc["cases"])
+    if with_model:
+        head += ["model µs", "× model"]
     out = [head]
     for r in doc["cases"]:
         ref = r.get("reference") or {}
+        if "not_measured" in r:
+            out.append([r["op"], r["shape"], r["label"], r["device"].upper(), "not measured"] + ["—"] * 7
+                       + [_model_ms(r), "—"])
+            continue
         out.append([r["op"], r["shape"], r["label"], device_title(r["device"], r["clock"]).split()[0],
                     _fmt(r["median_ms"], digits=3), _fmt(r["flop_per_s"] or None, 1e9),
                     _fmt(r["pct_peak_flops"]), _fmt(r["byte_per_s"], 1e9), _fmt(r["pct_peak_bandwidth"]),
                     ref.get("label", "—"), _fmt(ref.get("median_ms"), digits=3),
-                    _fmt(r.get("vs_reference"), digits=2, unit="×")])
+                    _fmt(r.get("vs_reference"), digits=2, unit="×")]
+                   + ([_model_ms(r), _fmt(r.get("measured_over_model"), digits=2, unit="×")] if with_model else []))
     return out
 
 
+def _has_model(rows) -> bool:
+    return any("model_label" in r for r in rows)
+
+
+def _model_ms(r: dict, unit="us") -> str:
+    """The model's figure for a row, marked as a model: '12.3 (model)' in µs (unit "us") or ms (unit "ms");
+    '—' for a row of another backend."""
+    if "model_label" not in r:
+        return "—"
+    if r.get("model_us") is None:
+        return "absent (see 'model:' above)"
+    v = r["model_us"] / (1e3 if unit == "ms" else 1)
+    return f"{v:.{3 if v < 10 else 1}f} (model)"
+
+
 def step_rows(doc: dict) -> list[list[str]]:
-    out = [["model", "batch", "implementation", "device", "ms / step", "images / s"]]
+    with_model = _has_model(doc["train_step"])
+    out = [["model", "batch", "implementation", "device", "ms / step", "images / s"]
+           + (["model ms / step", "× model"] if with_model else [])]
     for r in doc["train_step"]:
+        extra = [_model_ms(r, "ms"), _fmt(r.get("measured_over_model"), digits=2, unit="×")] if with_model else []
         if "not_measured" in r:
-            out.append([r["model"], str(r["batch"]), r["label"], r["device"].upper(), "not measured", r["not_measured"]])
+            why = r["not_measured"] if not with_model or len(r["not_measured"]) < 60 else r["not_measured"][:57] + "..."
+            out.append([r["model"], str(r["batch"]), r["label"], r["device"].upper(), "not measured", why] + extra)
         else:
             out.append([r["model"], str(r["batch"]), r["label"], device_title(r["device"], r["clock"]).split()[0],
-                        _fmt(r["median_ms"]), _fmt(r["images_per_s"], digits=0)])
+                        _fmt(r["median_ms"]), _fmt(r["images_per_s"], digits=0)] + extra)
     return out
 
 
@@ -110,9 +157,24 @@ def _header_lines(doc: dict) -> list[str]:
                      f"FP32 matmul {c['fp32_flop_per_s'] / 1e9:.1f} GFLOP/s, TF32 {tf} ({c['how']})")
     for s in doc["skipped"]:
         lines.append(f"skipped {s['backend']}: {s['reason']}")
+    lines += model_lines(doc)
     v = doc["versions"]
     lines.append("versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val))
     return lines
+
+
+def model_lines(doc: dict) -> list[str]:
+    """What the model columns are: a model, for which GPU (assumed or the device's), or why they are absent."""
+    m = doc.get("model")
+    if not m:
+        return []
+    mode = "TF32" if m["tf32"] else "FP32"
+    gpu = f"{m['gpu_name']} {mode}" + (f" ({m['assumed']})" if m["assumed"] else " (the GPU of this run)")
+    if m["absent"]:
+        return [f"model: the cupy rows' model column is absent: {m['absent']}"]
+    return [f"model: 'model µs' / 'model ms / step' on the cupy rows are MODEL figures, not measurements: the "
+            f"static kernel model's predictions (gpucnn kernels, from nvcc's SASS) for {gpu}; × model = measured / "
+            "model (the model is a floor: no launch overhead, latency or caches)"]
 
 
 def _text_table(rows) -> str:
@@ -144,7 +206,9 @@ def to_markdown(doc: dict) -> str:
            "Columns: median time of the repeats; GFLOP/s and GB/s from the case's minimum FLOP count and "
            "compulsory bytes; the percentages are of the ceilings above, measured in the same run; the "
            "reference is PyTorch on the same device (cuDNN for convolutions on a GPU); × ref is our time over "
-           "the reference's (above 1: slower).", ""]
+           "the reference's (above 1: slower)." + (" Model ms (cupy rows): the static kernel model's predicted "
+                                                     "time, a model, not a measurement; × model is measured / model."
+                                                     if doc.get("model") else ""), ""]
     if doc["cases"]:
         out += ["## Ops", "", _md_table(table_rows(doc)), ""]
     if doc["train_step"]:

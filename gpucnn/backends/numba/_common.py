@@ -30,6 +30,13 @@ import numba
 import numpy as np
 from numba import cuda
 
+if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" not in os.environ:  # the user's own setting wins
+    try:  # numba-cuda builds a low-occupancy warning check into every launch; the backend's launches are sized
+        from numba.cuda.core import config as _cuda_config  # on purpose (small grids on small batches)
+        _cuda_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+    except ImportError:  # pragma: no cover - an older numba keeps it in numba.config
+        numba.config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+
 THREADS_1D = 256
 MAX_BLOCKS_1D = 4096  # the grid-stride loop covers the rest
 POISON = False  # tests set True: outputs start as NaN

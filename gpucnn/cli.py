@@ -443,7 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--model", choices=sorted(ZOO), default="cifar10_vgg", help="zoo model (default cifar10_vgg)")
     k.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     k.add_argument("--gpu", choices=["h200", "h100", "a100"], default="h200", help="GPU modelled (default h200)")
-    k.add_argument("--backend", choices=["cupy"], default="cupy", help="backend whose kernels are modelled")
+    k.add_argument("--backend", choices=["cupy", "numba"], default="cupy",
+                   help="backend whose kernels are modelled: cupy (kernels/*.cu through nvcc) or numba (its "
+                        "@cuda.jit kernels through numba-cuda's NVVM and ptxas; FP32 only)")
     k.add_argument("--tf32", action="store_true", help="GEMMs on TF32 tensor cores (gpucnn.config.allow_tf32)")
     k.set_defaults(func=cmd_kernels)
     return p

@@ -159,3 +159,108 @@ def test_recording_twice_in_a_process_without_the_emulation_variable():
             "print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- the Numba backend (--backend numba)
+
+@pytest.fixture(scope="module")
+def numba_tools():
+    """ptxas/cuobjdump/nvdisasm and NVVM (numba-cuda's compile_ptx), or skip saying which is missing."""
+    from gpucnn.perf import numba_side
+    why = numba_side.missing() or numba_side.nvvm_missing()
+    if why:
+        pytest.skip(why)
+    return numba_side
+
+
+@pytest.fixture(scope="module")
+def numba_mnist(numba_tools):
+    """mnist_cnn at batch 16 on an H200, as the Numba launchers launch it (the child's JSON, cached)."""
+    raw = numba_tools.record_raw("mnist_cnn", 16, 132, (9, 0))
+    return raw, numba_tools.to_launches(raw, 16)
+
+
+def test_numba_record_has_the_launchers_grids_and_the_layers_gemms(numba_mnist):
+    from gpucnn.backends.numba import conv as nconv
+    raw, launches = numba_mnist
+    assert all(la.family.startswith("numba:") for la in launches)
+    by = {}
+    for la in launches:
+        by.setdefault((la.layer, la.direction), []).append(la)
+    # conv2d_1 (mnist_cnn): 32 -> 64 channels, 3x3 'same', 14x14 images, batch 16
+    fwd = [la for la in by[("conv2d_1", "forward")] if la.kernel.startswith("conv2d_fwd")]
+    assert len(fwd) == 1
+    grid, block, *_ = nconv._geometry_fwd((16, 64, 14, 14), (64, 32, 3, 3), (1, 1))
+    assert fwd[0].grid == tuple(grid) and fwd[0].block == tuple(block)
+    assert fwd[0].gemm["M"] == 16 * 14 * 14 and fwd[0].gemm["N"] == 64 and fwd[0].gemm["K"] == 32 * 9
+    assert fwd[0].flops == 2 * 16 * 14 * 14 * 64 * 32 * 9
+    assert fwd[0].gemm["macs_cta"] >= -(-16 * 14 * 14 * 64 * 32 * 9 // fwd[0].ctas)
+    wgrad = [la for la in by[("conv2d_1", "weight grad")] if la.gemm]
+    grid, block = nconv._geometry_wgrad((16, 64, 14, 14), (64, 32, 3, 3))
+    assert wgrad and wgrad[0].grid[0] == grid[0] and wgrad[0].block[0] == block[0]
+    assert (wgrad[0].gemm["M"], wgrad[0].gemm["N"], wgrad[0].gemm["K"]) == (32 * 9, 64, 16 * 14 * 14)
+    # the first layer needs no data gradient; the others do
+    assert ("conv2d", "data grad") not in by and by[("conv2d_1", "data grad")]
+    # dense (matmul tiles of _common.GPU_TILE, the GPU's, not the simulator's): forward, data and weight grad
+    dense = {d: [la for la in by[("dense_1", d)] if la.gemm] for d in ("forward", "data grad", "weight grad")}
+    t = 16
+    assert all(v and v[0].block == (t, t, 1) for v in dense.values())
+    assert dense["forward"][0].grid == (1, 1, 1) and dense["forward"][0].gemm["N"] == 16
+    # the same GEMMs (FLOP) as the CuPy backend's record, layer by layer
+    cupy = record_step("mnist_cnn", 16, sms=132)
+
+    def flops(records, direction):
+        out = {}
+        for la in records:
+            if la.gemm and la.direction == direction and la.layer.startswith(("conv2d", "dense")):
+                out[la.layer] = out.get(la.layer, 0) + la.flops
+        return out
+    for d in ("forward", "weight grad"):
+        assert flops(launches, d) == flops(cupy, d), d
+    assert {la.direction for la in launches} >= {"forward", "data grad", "weight grad", "bias grad",
+                                                  "softmax-xent", "sgd step"}
+
+
+def test_a_numba_kernel_compiles_to_sass_with_an_ffma_main_loop(numba_mnist, numba_tools):
+    from gpucnn.perf import model
+    raw, launches = numba_mnist
+    picked = [la for la in launches if la.kernel.startswith(("matmul", "conv2d_fwd")) and la.gemm]
+    compiled = numba_tools.compile_instances(picked, raw, "sm_90")
+    for la in picked:
+        res, code, entry = compiled[la.family]
+        kernel = sass.analyze(entry, code[entry])
+        assert kernel.main is not None and kernel.mix["FFMA"] >= 1, (la.kernel, kernel.mix)
+        assert kernel.mix["LDS"] >= 1  # the tiles come from shared memory
+        assert res[entry].registers > 0 and res[entry].spill_stores == 0
+    rows = model.analyze(picked, gpus.GPUS["h200"], False, compiled)
+    assert all(r.trips >= 1 and r.predicted_us > 0 and 0 < r.peak_pct < 100 for r in rows)
+
+
+@needs_tools
+def test_cli_kernels_backend_numba_prints_the_report(numba_tools, capsys):
+    assert cli.main(["kernels", "--backend", "numba", "--model", "mnist_cnn", "--batch", "16"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert LAST.match(lines[-1]) and " FP32 " in lines[-1], lines[-1]
+    assert "backend numba" in lines[0] and "Numba launchers" in lines[1] and "NOT A MEASUREMENT" in lines[1]
+    with pytest.raises(SystemExit):
+        cli.main(["kernels", "--backend", "numba", "--model", "mnist_cnn", "--batch", "16", "--tf32"])
+
+
+def test_numba_recording_failure_without_nvvm_is_one_actionable_line(monkeypatch, tmp_path, capsys):
+    """Where NVVM is missing the child fails; the command then says what to install, in one line."""
+    import subprocess as sp
+
+    from gpucnn.perf import numba_side
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing cached: the child must run
+    monkeypatch.setattr(numba_side, "missing", lambda: None)
+    monkeypatch.setattr(sass, "missing", lambda: None)
+    monkeypatch.setattr(numba_side.subprocess, "run",
+                        lambda cmd, **k: sp.CompletedProcess(cmd, 1, "", "NvvmSupportError: libNVVM cannot be found"))
+    real_nvvm_missing = numba_side.nvvm_missing
+    monkeypatch.setattr(numba_side, "nvvm_missing", real_nvvm_missing)  # runs the patched subprocess too
+    with pytest.raises(SystemExit) as e:
+        cli.main(["kernels", "--backend", "numba", "--model", "mnist_cnn", "--batch", "4"])
+    message = str(e.value.code)
+    assert message.startswith("gpucnn: error: gpucnn kernels --backend numba needs NVVM"), message
+    assert "libNVVM cannot be found" in message and "nvidia-cuda-nvcc" in message and "\n" not in message
+    assert capsys.readouterr().out == ""

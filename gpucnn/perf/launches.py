@@ -191,8 +191,14 @@ def _emulated_if_needed():
 
 def record_step(model_name: str, batch: int, sms: int, tf32: bool = False, backend: str = "cupy") -> list[Launch]:
     """The launches of one training step of zoo model `model_name` at `batch` on a GPU with `sms` SMs."""
+    if backend == "numba":  # its @cuda.jit kernels, recorded in a child process (numba_side)
+        if tf32:
+            raise ValueError("the numba backend's kernels are FP32 only (no tensor-core path)")
+        from .numba_side import record_step as record_numba
+        return record_numba(model_name, batch, sms)
     if backend != "cupy":
-        raise ValueError(f"gpucnn kernels models the cupy backend's CUDA C (kernels/*.cu), not {backend!r}")
+        raise ValueError(f"gpucnn kernels models the cupy backend's CUDA C (kernels/*.cu) or the numba backend's "
+                         f"@cuda.jit kernels, not {backend!r}")
     with _emulated_if_needed():
         from .. import config, models
         from ..backend import use_backend

@@ -24,6 +24,10 @@ nvcc for the GPU's architecture with every instance its launcher lists (``sass.b
   measurement); % of peak: the GEMM's 2 M N K FLOP over its predicted time, against the FP32 (FFMA)
   or the dense TF32 tensor-core peak.
 
+The Numba backend (``backend="numba"``, ``numba_side``): its launches recorded in a child process, each
+kernel instance compiled from its Python function by numba-cuda (NVVM) to PTX and by ptxas to SASS, then
+the same analysis, report and totals.
+
 Every figure is a model of the code as compiled, not a measurement.
 """
 from __future__ import annotations
@@ -89,8 +93,11 @@ def analyze(launches: list[Launch], gpu: gpus.GPU, tf32: bool, compiled: dict) -
     clock_hz = gpu.clock_ghz * 1e9
     peak = (gpu.tf32_tflops if tf32 else gpu.fp32_tflops) * 1e12
     for launch in launches:
-        res_by_symbol, code_by_symbol = compiled[launch.family]
-        symbol = sass.find_symbol(launch.kernel, code_by_symbol)
+        res_by_symbol, code_by_symbol = compiled[launch.family][:2]
+        if len(compiled[launch.family]) > 2:  # a Numba instance: its own cubin, entry named by the PTX
+            symbol = compiled[launch.family][2]
+        else:
+            symbol = sass.find_symbol(launch.kernel, code_by_symbol)
         res = res_by_symbol[symbol]
         kernel = sass.analyze(symbol, code_by_symbol[symbol])
         occ = gpus.occupancy(gpu, launch.threads, res.registers, res.shared)
@@ -114,6 +121,17 @@ def run(model: str = "cifar10_vgg", batch: int = 128, gpu: str = "h200", tf32: b
     if batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
     spec = gpus.GPUS[gpu]
+    if backend == "numba":
+        from . import numba_side
+        if tf32:
+            raise ValueError("--tf32: the numba backend's kernels are FP32 only (no tensor-core path)")
+        why = numba_side.missing()
+        if why:
+            raise numba_side.ToolsMissing(why)
+        raw = numba_side.record_raw(model, batch, spec.sms, numba_side.capability(spec.arch))
+        launches = numba_side.to_launches(raw, batch)
+        compiled = numba_side.compile_instances(launches, raw, spec.arch)
+        return analyze(launches, spec, tf32, compiled), spec
     why = sass.missing()
     if why:
         raise RuntimeError(why)
@@ -142,8 +160,11 @@ def format_report(rows: list[Row], gpu: gpus.GPU, model: str, batch: int, tf32: 
     lines = [
         f"gpucnn kernels: {model} training step, batch {batch}, backend {backend}, {gpu.name} ({gpu.arch}, "
         f"{gpu.sms} SMs, {gpu.clock_ghz:.2f} GHz, {mode} peak {peak:g} TFLOPS, {gpu.bandwidth_gbs / 1000:g} TB/s)",
-        "MODEL OUTPUT, NOT A MEASUREMENT: launches as the CuPy launchers choose them (no kernel ran); SASS of nvcc "
-        f"-arch={gpu.arch}; occupancy by the occupancy calculator's rules; time = max(issue-bound, memory-bound).",
+        ("MODEL OUTPUT, NOT A MEASUREMENT: launches as the CuPy launchers choose them (no kernel ran); SASS of nvcc "
+         f"-arch={gpu.arch}; " if backend != "numba" else
+         "MODEL OUTPUT, NOT A MEASUREMENT: launches as the Numba launchers choose them (no kernel ran); SASS of "
+         f"numba-cuda's PTX (NVVM) through ptxas -arch={gpu.arch}; ")
+        + "occupancy by the occupancy calculator's rules; time = max(issue-bound, memory-bound).",
         "columns: grid; regs/thread; static smem B; spill B (stores+loads); CTAs/SM, warps/SM (limit); waves; "
         "main-loop mix per trip and trips (model); issue, memory, predicted us (model); % of peak (model, GEMMs)",
     ]

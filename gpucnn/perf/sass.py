@@ -113,6 +113,36 @@ def build(source: str, include: Path, names: list[str], arch: str) -> dict:
     return out
 
 
+def build_ptx(ptx: str, arch: str) -> dict:
+    """Assemble PTX text (the Numba backend's kernels, from numba-cuda's NVVM) with ``ptxas -v`` for
+    `arch`, then read it as ``build`` does: {"ptxas", "resources", "sass"}, cached by the PTX's content,
+    the architecture and the tools' versions."""
+    key = hashlib.sha256()
+    for part in [ptx, arch, "ptxas", _version("ptxas"), _version("cuobjdump")]:
+        key.update(part.encode() + b"\0")
+    cached = cache_dir() / f"ptx-{key.hexdigest()[:32]}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    with tempfile.TemporaryDirectory(prefix="gpucnn-perf-") as tmp:
+        src, cubin = Path(tmp) / "kernel.ptx", Path(tmp) / "kernel.cubin"
+        src.write_text(ptx)
+        cmd = [find("ptxas"), f"-arch={arch}", "-v", "-o", str(cubin), str(src)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"ptxas failed ({' '.join(cmd)}):\n{r.stderr[-3000:]}")
+        out = {"ptxas": r.stdout + r.stderr}
+        for flag, name in (("-res-usage", "resources"), ("-sass", "sass")):
+            d = subprocess.run([find("cuobjdump"), flag, str(cubin)], capture_output=True, text=True, env=_env())
+            if d.returncode != 0:
+                raise RuntimeError(f"cuobjdump {flag} failed: {d.stderr.strip()[-2000:]}")
+            out[name] = d.stdout
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp_file.write_text(json.dumps(out))
+    tmp_file.replace(cached)
+    return out
+
+
 # --------------------------------------------------------------------------- names
 
 def _mangled_args(args: str) -> str:

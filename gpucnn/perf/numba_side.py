@@ -11,7 +11,7 @@ launching, and the backend's probe is bypassed. The launchers read shapes only; 
 loss, the logits for the accuracy, the label-error record) see zeros. The second step is recorded.
 
 NUMBA_ENABLE_CUDASIM is read when numba.cuda is first imported, so the recording and the compilation run
-in a child process with the variable removed (``python -m gpucnn.perf.numba_side``), which prints JSON:
+in a child process with the variable removed (``python -m gpucnn.perf.numba_side``), which writes JSON:
 the launches and, per kernel instance (dispatcher and signature), the PTX of
 ``numba.cuda.compile_ptx(py_func, signature, cc=...)`` (NVVM: libnvvm of the CUDA toolkit or of the
 nvidia-cuda-nvcc wheel). The parent assembles the PTX with ``ptxas -v`` into a cubin and reads it with
@@ -87,15 +87,37 @@ def _fake_cuda(context):
         griddim, blockdim = disp.normalize_kernel_dimensions(griddim, blockdim)
         return Configured(self, griddim, blockdim)
 
-    saved = {n: getattr(cuda, n) for n in ("device_array", "to_device", "as_cuda_array", "synchronize")}
+    class Stream:  # streams and events: nothing is queued, so every wait returns at once
+        def synchronize(self):
+            pass
+
+        def record(self, *a, **k):
+            pass
+
+        def wait(self, *a, **k):
+            pass
+
+        def elapsed_time(self, *a, **k):
+            return 0.0
+
+    fakes = {"device_array": device_array, "to_device": to_device, "as_cuda_array": as_cuda_array,
+             "device_array_like": lambda a, *r, **k: device_array(a.shape, a.dtype),
+             "pinned_array": lambda shape, dtype=np.float64, *r, **k: np.zeros(shape, dtype),
+             "synchronize": lambda: None, "stream": lambda *a, **k: Stream(),
+             "default_stream": lambda *a, **k: Stream(), "event": lambda *a, **k: Stream(),
+             "event_elapsed_time": lambda *a, **k: 0.0}
+    saved = {n: getattr(cuda, n) for n in fakes if hasattr(cuda, n)}
     saved_configure = disp.CUDADispatcher.configure
-    cuda.device_array, cuda.to_device, cuda.as_cuda_array = device_array, to_device, as_cuda_array
-    cuda.synchronize = lambda: None
+    for n, v in fakes.items():
+        setattr(cuda, n, v)
     disp.CUDADispatcher.configure = configure
 
     def restore():
-        for n, v in saved.items():
-            setattr(cuda, n, v)
+        for n in fakes:
+            if n in saved:
+                setattr(cuda, n, saved[n])
+            else:
+                delattr(cuda, n)
         disp.CUDADispatcher.configure = saved_configure
     return records, restore
 
@@ -259,14 +281,19 @@ def record_raw(model_name: str, batch: int, sms: int, cc: tuple) -> dict:
     env["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"] = "0"
     package_root = str(Path(__file__).resolve().parents[2])  # this gpucnn, whatever the child's sys.path
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "gpucnn.perf.numba_side", model_name, str(batch), str(sms), f"{cc[0]}{cc[1]}"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if r.returncode != 0:
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="gpucnn-numba-") as tmp:
+        result = Path(tmp) / "record.json"  # a file, not stdout: anything the step prints cannot garble it
+        cmd = [sys.executable, "-m", "gpucnn.perf.numba_side", model_name, str(batch), str(sms),
+               f"{cc[0]}{cc[1]}", str(result)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        text = result.read_text() if r.returncode == 0 and result.is_file() else ""
+    if r.returncode != 0 or not text:
         why = nvvm_missing()
         if why:
             raise ToolsMissing(why)
         raise RuntimeError(f"recording the numba backend failed ({' '.join(cmd)}):\n{r.stderr[-3000:]}")
-    out = json.loads(r.stdout)
+    out = json.loads(text)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(out))
@@ -408,9 +435,9 @@ def compile_instances(launches: list[Launch], raw: dict, arch: str) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    model_name, batch, sms, cc = argv
+    model_name, batch, sms, cc, result = argv
     out = _child(model_name, int(batch), int(sms), (int(cc[:-1]), int(cc[-1])))
-    sys.stdout.write(json.dumps(out))
+    Path(result).write_text(json.dumps(out))
     return 0
 
 

@@ -66,17 +66,13 @@ struct FastDiv {
     }
 };
 
-// TF32 tensor cores (sm_80+): round an FP32 value to TF32, and one warp-wide
-// D(16x8) += A(16x8) B(8x8) product with FP32 accumulation.
-__device__ __forceinline__ unsigned to_tf32(float x) {
-#ifdef GPUCNN_HOSTEMU
-    return hostemu::tf32_rna(x);
-#else
-    unsigned r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    return r;
-#endif
-}
+// TF32 tensor cores (sm_80+): an FP32 value as a TF32 operand, and one warp-wide D(16x8) += A(16x8) B(8x8)
+// product with FP32 accumulation. The operand is rounded to nearest, ties away from zero, by adding half a
+// TF32 ulp to its bits (the tensor core reads only the top 19): one integer add where cvt.rna.tf32.f32 is
+// two instructions on sm_90 (a finiteness test and the same add). Finite values and infinities round as
+// cvt.rna does; a NaN whose payload lies only in the 13 dropped bits reads as an infinity, and NaN
+// patterns within 0x1000 of 0xffffffff wrap to zero (CUTLASS's round_half_ulp_truncate does the same).
+__device__ __forceinline__ unsigned to_tf32(float x) { return __float_as_uint(x) + 0x1000u; }
 
 __device__ __forceinline__ void mma_tf32_16x8x8(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
 #ifdef GPUCNN_HOSTEMU

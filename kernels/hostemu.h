@@ -270,14 +270,6 @@ int launch(void (*kernel)(A...), const unsigned* grid, const unsigned* block, vo
     return 0;
 }
 
-// TF32: round to nearest, ties away from zero, keeping 10 mantissa bits (cvt.rna.tf32.f32).
-inline unsigned tf32_rna(float x) {
-    unsigned u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf, nan
-    return (u + 0x1000u) & 0xffffe000u;
-}
-
 inline float tf32_value(unsigned u) {  // the tensor core reads only the TF32 bits
     u &= 0xffffe000u;
     float f;

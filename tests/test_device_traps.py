@@ -204,11 +204,12 @@ U3 blockIdx, blockDim, gridDim, threadIdx;
 typedef unsigned int uint32_t;
 typedef unsigned long long uint64_t;
 #define GPUCNN_HOSTEMU
-namespace hostemu { unsigned tf32_rna(float); void mma_m16n8k8_tf32(float (&)[4], const unsigned (&)[4], const unsigned (&)[2]);
+namespace hostemu { void mma_m16n8k8_tf32(float (&)[4], const unsigned (&)[4], const unsigned (&)[2]);
                     void cp_async(float*, const float*, int, bool); void cp_async_wait_all(); }
 template <class T> T __shfl_down_sync(unsigned, T, unsigned, int = 32);
 void __syncthreads();
 float __int_as_float(int);
+unsigned __float_as_uint(float);
 float fmaxf(float, float);
 """
 

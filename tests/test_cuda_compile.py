@@ -42,6 +42,17 @@ def test_every_kernel_file_has_a_launcher(stem):
     assert names_of(stem), f"kernels/{stem}.cu is loaded by no launcher in gpucnn/backends/cupy/{stem}.py"
 
 
+@functools.lru_cache(maxsize=None)
+def _perf_builds():
+    """Every (file, architecture) built as the static model builds it, two nvcc at a time, the biggest first
+    (the two cores of CI busy while the files compile; each test then reads its file's two builds)."""
+    from gpucnn.perf import sass
+    jobs = sorted(((s, a) for s in STEMS for a in ARCHS), key=lambda j: (j[0] not in ("conv", "dense"), j))
+    with ThreadPoolExecutor(2) as pool:
+        builds = pool.map(lambda j: sass.build(_runtime.module_source(j[0]), KERNELS, names_of(j[0]), j[1]), jobs)
+        return dict(zip(jobs, builds))
+
+
 def ptxas_report(stem, tmp):
     """nvcc's output (with ptxas -v) for kernels/<stem>.cu, every instance, both architectures.
 
@@ -51,9 +62,7 @@ def ptxas_report(stem, tmp):
     cache instead of compiling the same sources again."""
     from gpucnn.perf import sass
     if sass.missing() is None:
-        with ThreadPoolExecutor(len(ARCHS)) as pool:
-            builds = pool.map(lambda a: sass.build(_runtime.module_source(stem), KERNELS, names_of(stem), a), ARCHS)
-            return "\n".join(b["ptxas"] for b in builds)
+        return "\n".join(_perf_builds()[(stem, arch)]["ptxas"] for arch in ARCHS)
     names = names_of(stem)
     src = tmp / f"{stem}_all.cu"
     refs = "void* gpucnn_instances[] = {" + ", ".join(f"(void*)&{n}" for n in names) + "};"

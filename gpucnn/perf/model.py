@@ -66,13 +66,15 @@ def family_names(family: str) -> list[str]:
 
 
 def compile_families(families, arch: str) -> dict:
-    """{family: (resources by symbol, SASS by symbol)}: each kernels/<family>.cu compiled once."""
+    """{family: (resources by symbol, SASS by symbol)}: each kernels/<family>.cu compiled once (two nvcc at a
+    time, the biggest files first; cached by content, see sass.build)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ..backends.cupy import _runtime as rt
-    out = {}
-    for family in sorted(set(families)):
-        built = sass.build(rt.module_source(family), rt.kernels_dir(), family_names(family), arch)
-        out[family] = (sass.resources(built), sass.functions(built["sass"]))
-    return out
+    order = sorted(set(families), key=lambda f: (f not in ("conv", "dense"), f))
+    with ThreadPoolExecutor(2) as pool:
+        built = pool.map(lambda f: sass.build(rt.module_source(f), rt.kernels_dir(), family_names(f), arch), order)
+        return {f: (sass.resources(b), sass.functions(b["sass"])) for f, b in zip(order, built)}
 
 
 def _trips(launch: Launch, kernel: sass.Kernel) -> int:

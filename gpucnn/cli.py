@@ -321,6 +321,11 @@ def cmd_bench(args) -> int:
     from . import bench
     from .config import tf32
     ops = args.op or list(bench.OPS)
+    timed, skipped = bench.plan_backends(args.backend)
+    if not timed:  # refuse before any work (the cases, the model column): nothing here can be timed
+        for s in skipped:
+            print(f"skipped {s['backend']}: {s['reason']}")
+        _require(False, "no backend could be timed here (see 'skipped' above)")
     with tf32(args.tf32):
         doc = bench.run(backends=args.backend, ops=ops, models=[] if args.step_only else args.model,
                         batches=args.batch, sweep=args.sweep and not args.step_only, reference=not args.no_reference,

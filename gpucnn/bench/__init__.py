@@ -87,8 +87,7 @@ def run(backends=None, ops=OPS, models=BENCH_MODELS, batches=(1, 32, 128), sweep
     """Time every case on every runnable backend (and PyTorch beside it); return the results document.
 
     `model`: put the static kernel model's predicted time (``gpucnn.perf``, labelled a model) beside every
-    cupy row, measured or not (``bench.modelled``), in a run that times at least one backend (one that times
-    none is refused by the CLI; ``gpucnn kernels`` prints the model alone)."""
+    cupy row, measured or not (``bench.modelled``)."""
     names, skipped = plan_backends(backends)
     cases = model_cases(models, batches, ops) if models else []
     if sweep:
@@ -143,8 +142,8 @@ def run(backends=None, ops=OPS, models=BENCH_MODELS, batches=(1, 32, 128), sweep
                                  reference) if step else []
     env = environment(gpu)
     cupy_skipped = next((s["reason"] for s in skipped if s["backend"] == "cupy"), None)
-    modelled = None  # the model sits beside measurements: a run that times no backend (refused) skips it
-    if model and names and ("cupy" in names or cupy_skipped):
+    modelled = None
+    if model and ("cupy" in names or cupy_skipped):
         modelled = _put_model(cases, rows, step_list, names, cupy_skipped, env["gpu"], tf32, step_models or models
                               or BENCH_MODELS, step_batch, step, seed)
     doc = {

@@ -26,6 +26,35 @@ if not _gpu_present():
         raise RuntimeError("numba.cuda was imported before tests/conftest.py could enable the CUDA simulator")
 
 
+def pytest_sessionstart(session):
+    """Start the nvcc builds of kernels/*.cu that the static-model and compile tests read (gpucnn.perf.sass.build:
+    sm_90 then sm_80, the biggest files first) on a background thread, one nvcc at a time: they take minutes
+    of one core, and the tests that come first (the op tests in the simulator and the emulator) leave the
+    second core of a CI machine mostly idle. A test that needs a build waits for it (sass.build locks per
+    build) or finds it cached. GPUCNN_TEST_PREBUILD=0 turns it off."""
+    if os.environ.get("GPUCNN_TEST_PREBUILD", "1") != "1":
+        return
+    try:
+        from gpucnn.backends.cupy import _runtime as rt
+        from gpucnn.perf import model, sass
+    except Exception:  # a broken install fails in the tests themselves, with their message
+        return
+    if sass.missing():
+        return
+
+    def prebuild():
+        families = sorted((p.stem for p in rt.kernels_dir().glob("*.cu")), key=lambda f: (f not in ("conv", "dense"), f))
+        for arch in ("sm_90", "sm_80"):
+            for family in families:
+                try:
+                    sass.build(rt.module_source(family), rt.kernels_dir(), model.family_names(family), arch)
+                except Exception:  # the test that builds it reports the error
+                    pass
+
+    import threading
+    threading.Thread(target=prebuild, name="gpucnn-prebuild", daemon=True).start()
+
+
 def pytest_collection_modifyitems(config, items):
     if _gpu_present() and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
         return

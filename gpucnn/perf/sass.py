@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,8 +88,22 @@ def build(source: str, include: Path, names: list[str], arch: str) -> dict:
     for h in headers:
         key.update(h.name.encode() + b"\0" + h.read_bytes() + b"\0")
     cached = cache_dir() / f"{key.hexdigest()[:32]}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
+    with _build_lock(cached.name):  # a build of these inputs under way in another thread: wait for it
+        if cached.is_file():
+            return json.loads(cached.read_text())
+        return _build(source, include, names, arch, cached)
+
+
+_LOCKS: dict = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _build_lock(name: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(name, threading.Lock())
+
+
+def _build(source: str, include: Path, names: list[str], arch: str, cached: Path) -> dict:
     refs = ""
     if names:
         refs = "void* gpucnn_instances[] = {" + ", ".join(f"(void*)&{n}" for n in names) + "};\n"

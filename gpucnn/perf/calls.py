@@ -11,7 +11,7 @@ each launch (``model.analyze``). Every figure is a model of the code as compiled
 from __future__ import annotations
 
 from . import gpus
-from .launches import Launch, _emulated_if_needed, _record, _State
+from .launches import Launch, _emulated_if_needed, _State, recording
 
 
 def record_call(fn, sms: int, tf32: bool = False, prepare=None, layer: str = "call",
@@ -24,29 +24,12 @@ def record_call(fn, sms: int, tf32: bool = False, prepare=None, layer: str = "ca
     with _emulated_if_needed():
         from .. import config
         from ..backend import use_backend
-        from ..backends.cupy import _runtime as rt
 
         state = _State(context=[(layer, phase)])
-        original = (rt.Family.launch, rt.sm_count, rt.grid_1d)
-
-        def launch(self, name, grid, block, args):
-            if name not in self.names:
-                raise ValueError(f"{name!r} is not a kernel instance of {self.family}.cu")
-            _record(state, self.family, name, grid, block, args)
-            state.last_grid = None
-
-        def grid_1d(n, threads=rt.THREADS):
-            out = original[2](n, threads)
-            state.last_grid = (int(n),) + out
-            return out
-
         with use_backend("cupy"), config.tf32(tf32):
             args = tuple(prepare()) if prepare is not None else ()
-            rt.Family.launch, rt.sm_count, rt.grid_1d = launch, (lambda: sms), grid_1d
-            try:
+            with recording(state, sms):
                 fn(*args)
-            finally:
-                rt.Family.launch, rt.sm_count, rt.grid_1d = original
         return list(state.raw)
 
 

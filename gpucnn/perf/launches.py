@@ -200,53 +200,68 @@ def record_step(model_name: str, batch: int, sms: int, tf32: bool = False, backe
         raise ValueError(f"gpucnn kernels models the cupy backend's CUDA C (kernels/*.cu) or the numba backend's "
                          f"@cuda.jit kernels, not {backend!r}")
     with _emulated_if_needed():
-        from .. import config, models
+        from .. import config
         from ..backend import use_backend
-        from ..backends.cupy import _runtime as rt
-        from ..optim import SGD
         from ..train import train_step
 
         state = _State()
-        original = (rt.Family.launch, rt.sm_count, rt.grid_1d)
+        model, x, y = training_model(model_name, batch)
+        wrap_layers(model, state.context)
+        with recording(state, sms), use_backend("cupy"), config.tf32(tf32):
+            from .. import functional as F
+            xd = F.asarray(x)
+            for _ in range(2):
+                state.raw.clear()
+                train_step(model, xd, y)
+        return list(state.raw)
 
-        def launch(self, name, grid, block, args):
-            if name not in self.names:
-                raise ValueError(f"{name!r} is not a kernel instance of {self.family}.cu")
-            _record(state, self.family, name, grid, block, args)
-            state.last_grid = None
 
-        def grid_1d(n, threads=rt.THREADS):
-            out = original[2](n, threads)
-            state.last_grid = (int(n),) + out
-            return out
+def training_model(model_name: str, batch: int):
+    """(model, x, y): zoo model `model_name` compiled with SGD (momentum 0.9, as gpucnn bench times a step) and
+    a random batch of `batch` images and labels."""
+    from .. import models
+    from ..optim import SGD
+    model = models.get(model_name, seed=0).compile(SGD(lr=0.01, momentum=0.9))
+    rng = np.random.default_rng(0)
+    return model, rng.random((batch,) + model.input_shape, dtype=np.float32), rng.integers(0, 10, batch)
 
-        model = models.get(model_name, seed=0).compile(SGD(lr=0.01, momentum=0.9))
-        rng = np.random.default_rng(0)
-        x = rng.random((batch,) + model.input_shape, dtype=np.float32)
-        y = rng.integers(0, 10, batch)
 
-        def wrap(layer, method, phase):
+def wrap_layers(model, context: list, item=lambda layer, phase: (layer.name, phase)) -> None:
+    """Every layer's forward and backward push `item(layer, phase)` on `context` for the length of the call
+    (the recorders name each launch after the innermost entry)."""
+    for layer in model.layers:
+        for method in ("forward", "backward"):
             inner = getattr(layer, method)
 
-            def run(*a, **k):
-                state.context.append((layer.name, phase))
+            def run(*a, _inner=inner, _item=item(layer, method), **k):
+                context.append(_item)
                 try:
-                    return inner(*a, **k)
+                    return _inner(*a, **k)
                 finally:
-                    state.context.pop()
+                    context.pop()
             setattr(layer, method, run)
 
-        for layer in model.layers:
-            wrap(layer, "forward", "forward")
-            wrap(layer, "backward", "backward")
-        rt.Family.launch, rt.sm_count, rt.grid_1d = launch, (lambda: sms), grid_1d
-        try:
-            with use_backend("cupy"), config.tf32(tf32):
-                from .. import functional as F
-                xd = F.asarray(x)
-                for _ in range(2):
-                    state.raw.clear()
-                    train_step(model, xd, y)
-        finally:
-            rt.Family.launch, rt.sm_count, rt.grid_1d = original
-        return list(state.raw)
+
+@contextlib.contextmanager
+def recording(state: _State, sms: int):
+    """Inside: the CuPy launchers' launches are recorded into `state` instead of run, `sm_count` is `sms`
+    (the GPU modelled), and `grid_1d` notes the element count of the grid-stride launch it sizes."""
+    from ..backends.cupy import _runtime as rt
+    original = (rt.Family.launch, rt.sm_count, rt.grid_1d)
+
+    def launch(self, name, grid, block, args):
+        if name not in self.names:
+            raise ValueError(f"{name!r} is not a kernel instance of {self.family}.cu")
+        _record(state, self.family, name, grid, block, args)
+        state.last_grid = None
+
+    def grid_1d(n, threads=rt.THREADS):
+        out = original[2](n, threads)
+        state.last_grid = (int(n),) + out
+        return out
+
+    rt.Family.launch, rt.sm_count, rt.grid_1d = launch, (lambda: sms), grid_1d
+    try:
+        yield state
+    finally:
+        rt.Family.launch, rt.sm_count, rt.grid_1d = original

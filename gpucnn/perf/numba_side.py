@@ -158,33 +158,15 @@ def _child(model_name: str, batch: int, sms: int, cc: tuple) -> dict:
     from numba import cuda
     from numba.core.errors import NumbaPerformanceWarning
 
-    from .. import models
     from ..backend import use_backend
     from ..backends import numba as nb
-    from ..optim import SGD
     from ..train import train_step
+    from .launches import training_model, wrap_layers
 
     warnings.simplefilter("ignore", NumbaPerformanceWarning)
     context = [("step", "loss", None)]  # outside every layer: the loss, then the optimizer (wrapped below)
-    model = models.get(model_name, seed=0).compile(SGD(lr=0.01, momentum=0.9))
-    rng = np.random.default_rng(0)
-    x = rng.random((batch,) + model.input_shape, dtype=np.float32)
-    y = rng.integers(0, 10, batch)
-
-    def wrap(layer, method, phase):
-        inner = getattr(layer, method)
-
-        def run(*a, **k):
-            context.append((layer.name, phase, layer))
-            try:
-                return inner(*a, **k)
-            finally:
-                context.pop()
-        setattr(layer, method, run)
-
-    for layer in model.layers:
-        wrap(layer, "forward", "forward")
-        wrap(layer, "backward", "backward")
+    model, x, y = training_model(model_name, batch)
+    wrap_layers(model, context, lambda layer, phase: (layer.name, phase, layer))
     step = model.optimizer.step
 
     def optimizer_step(*a, **k):

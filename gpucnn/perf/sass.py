@@ -112,17 +112,27 @@ def _build(source: str, include: Path, names: list[str], arch: str, cached: Path
         src.write_text(source + "\n" + refs)
         cmd = [find("nvcc"), "-std=c++17", f"-I{include}", f"-arch={arch}", "-cubin", "-Xptxas", "-v",
                "-o", str(cubin), str(src)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"nvcc failed ({' '.join(cmd)}):\n{r.stderr[-3000:]}")
-        out = {"ptxas": r.stdout + r.stderr}
-        for flag, name in (("-res-usage", "resources"), ("-sass", "sass")):
-            d = subprocess.run([find("cuobjdump"), flag, str(cubin)], capture_output=True, text=True, env=_env())
-            if d.returncode != 0:
-                raise RuntimeError(f"cuobjdump {flag} failed: {d.stderr.strip()[-2000:]}")
-            out[name] = d.stdout
+        return _save(cached, _assembled("nvcc", cmd, cubin))
+
+
+def _assembled(tool: str, cmd: list, cubin: Path) -> dict:
+    """Run `cmd` (nvcc or ptxas with -v, writing `cubin`), then cuobjdump it: {"ptxas", "resources", "sass"}."""
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{tool} failed ({' '.join(cmd)}):\n{r.stderr[-3000:]}")
+    out = {"ptxas": r.stdout + r.stderr}
+    for flag, name in (("-res-usage", "resources"), ("-sass", "sass")):
+        d = subprocess.run([find("cuobjdump"), flag, str(cubin)], capture_output=True, text=True, env=_env())
+        if d.returncode != 0:
+            raise RuntimeError(f"cuobjdump {flag} failed: {d.stderr.strip()[-2000:]}")
+        out[name] = d.stdout
+    return out
+
+
+def _save(cached: Path, out: dict) -> dict:
+    """Write a build to the cache atomically (a temporary file renamed), and return it."""
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp_file = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp_file = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     tmp_file.write_text(json.dumps(out))
     tmp_file.replace(cached)
     return out
@@ -142,20 +152,7 @@ def build_ptx(ptx: str, arch: str) -> dict:
         src, cubin = Path(tmp) / "kernel.ptx", Path(tmp) / "kernel.cubin"
         src.write_text(ptx)
         cmd = [find("ptxas"), f"-arch={arch}", "-v", "-o", str(cubin), str(src)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"ptxas failed ({' '.join(cmd)}):\n{r.stderr[-3000:]}")
-        out = {"ptxas": r.stdout + r.stderr}
-        for flag, name in (("-res-usage", "resources"), ("-sass", "sass")):
-            d = subprocess.run([find("cuobjdump"), flag, str(cubin)], capture_output=True, text=True, env=_env())
-            if d.returncode != 0:
-                raise RuntimeError(f"cuobjdump {flag} failed: {d.stderr.strip()[-2000:]}")
-            out[name] = d.stdout
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp_file = cached.with_suffix(f".{os.getpid()}.tmp")
-    tmp_file.write_text(json.dumps(out))
-    tmp_file.replace(cached)
-    return out
+        return _save(cached, _assembled("ptxas", cmd, cubin))
 
 
 # --------------------------------------------------------------------------- names

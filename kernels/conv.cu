@@ -83,14 +83,10 @@ struct ConvOut {
     }
 };
 
-// ------------------------------------------------------------------ forward (and stride-1 data gradient)
-// A(m, k) = x[img, c, p*sh - pt + r, q*sw - pl + s], k = (r*S + s)*Ci + c; B(k, n) = wg[k * Npad + n].
-// TAPS: C % BK == 0 and R*S < 32 (one tap per K step, a tap mask per pixel); else any shape.
-template <bool TAPS>
-struct ConvFwd {
-    const float* x;
+// What the forward-shaped GEMMs share (the forward, the stride-1 and the general data gradient): B is the
+// filters as the K x Npad matrix wg (conv_weight_gemm), C goes through a ConvOut; no per-step work.
+struct ConvGemm {
     const float* wg;
-    Geom g;
     int M, N, Npad, Kg;
     ConvOut o;
     struct Step {};
@@ -98,16 +94,41 @@ struct ConvFwd {
     __device__ void store(int m, int n, float v) const { o.store(m, n, v); }
     __device__ void store4(int m, int n, float4 v) const { o.store4(m, n, v); }
 
-    // Each thread loads the pixels m0 + am + j*NT (RPT of them) at the K offsets kf + i*KSTEP of a step.
     template <int ROWS, int NT>
-    struct ALoad {
-        static constexpr int L = ROWS * gemm::BK / NT;          // loads per thread per step
-        static constexpr int RPT = ROWS > NT ? ROWS / NT : 1;   // pixels per thread
-        static constexpr int KPT = L / RPT;                     // K offsets per pixel
-        static constexpr int KSTEP = NT >= ROWS ? NT / ROWS : 1;
-        static constexpr int P = ROWS + gemm::PAD;
+    struct BLoad : gemm::ViewLoad<ROWS, NT, gemm::ROW_VEC4> {
+        __device__ BLoad(const ConvGemm& p, int n0, int t, int kt)
+            : gemm::ViewLoad<ROWS, NT, gemm::ROW_VEC4>(gemm::View{p.wg, p.Npad, p.Kg, 1, p.Npad}, n0, t, kt) {}
+    };
+};
+
+// The A elements a thread of a forward-shaped gather loads each step: the pixels m0 + am + j*NT (RPT of
+// them) at the K offsets kf + i*KSTEP, element (i, j) at stage index slot(i, j).
+template <int ROWS, int NT>
+struct PixelSlots {
+    static constexpr int L = ROWS * gemm::BK / NT;          // loads per thread per step
+    static constexpr int RPT = ROWS > NT ? ROWS / NT : 1;   // pixels per thread
+    static constexpr int KPT = L / RPT;                     // K offsets per pixel
+    static constexpr int KSTEP = NT >= ROWS ? NT / ROWS : 1;
+    static constexpr int P = ROWS + gemm::PAD;
+    int am, kf;
+    __device__ explicit PixelSlots(int t) : am(t % (NT < ROWS ? NT : ROWS)), kf(NT >= ROWS ? t / ROWS : 0) {}
+    __device__ int slot(int i, int j) const { return kf * P + am + i * KSTEP * P + j * NT; }
+};
+
+// ------------------------------------------------------------------ forward (and stride-1 data gradient)
+// A(m, k) = x[img, c, p*sh - pt + r, q*sw - pl + s], k = (r*S + s)*Ci + c; B(k, n) = wg[k * Npad + n].
+// TAPS: C % BK == 0 and R*S < 32 (one tap per K step, a tap mask per pixel); else any shape.
+template <bool TAPS>
+struct ConvFwd : ConvGemm {
+    const float* x;
+    Geom g;
+
+    template <int ROWS, int NT>
+    struct ALoad : PixelSlots<ROWS, NT> {
+        using Slots = PixelSlots<ROWS, NT>;
+        using Slots::RPT, Slots::KPT, Slots::KSTEP, Slots::am, Slots::kf;
         const float* x;
-        int at, kf, HW, Hi, Wi, Ci, S, Kg;
+        int HW, Hi, Wi, Ci, S, Kg;
         int row[RPT];         // offset of (img, 0, h0, w0): may be negative, only in-image taps are read
         unsigned taps[RPT];   // TAPS: bit r*S + s set when tap (r, s) of the pixel is inside the image
         int h0[RPT], w0[RPT]; // !TAPS: the window's corner
@@ -116,12 +137,9 @@ struct ConvFwd {
         FastDiv div_c, div_s;
 
         __device__ ALoad(const ConvFwd& p, int m0, int t, int kt)
-            : x(p.x), HW(p.g.Hi * p.g.Wi), Hi(p.g.Hi), Wi(p.g.Wi), Ci(p.g.Ci), S(p.g.S), Kg(p.Kg), div_c(p.g.Ci),
-              div_s(p.g.S) {
+            : Slots(t), x(p.x), HW(p.g.Hi * p.g.Wi), Hi(p.g.Hi), Wi(p.g.Wi), Ci(p.g.Ci), S(p.g.S), Kg(p.Kg),
+              div_c(p.g.Ci), div_s(p.g.S) {
             const Geom& g = p.g;
-            const int am = t % (NT < ROWS ? NT : ROWS);
-            kf = NT >= ROWS ? t / ROWS : 0;
-            at = kf * P + am;
 #pragma unroll
             for (int j = 0; j < RPT; ++j) {
                 const int m = m0 + am + j * NT;
@@ -161,7 +179,7 @@ struct ConvFwd {
                     const unsigned first = unsigned(row[j] + coff);
 #pragma unroll
                     for (int i = 0; i < KPT; ++i)
-                        cp_async4(smem_at(stage, at + i * KSTEP * P + j * NT), x + (first + unsigned(i * KSTEP * HW)), ok);
+                        cp_async4(smem_at(stage, this->slot(i, j)), x + (first + unsigned(i * KSTEP * HW)), ok);
                 }
                 // next step: the next BK channels, or the next tap
                 c0 += gemm::BK;
@@ -187,7 +205,7 @@ struct ConvFwd {
                     for (int j = 0; j < RPT; ++j) {
                         const int h = h0[j] + r, w = w0[j] + ss;
                         const bool ok = taps[j] && k < Kg && unsigned(h) < unsigned(Hi) && unsigned(w) < unsigned(Wi);
-                        cp_async4(smem_at(stage, at + i * KSTEP * P + j * NT), x + unsigned(row[j] + c * HW + r * Wi + ss), ok);
+                        cp_async4(smem_at(stage, this->slot(i, j)), x + unsigned(row[j] + c * HW + r * Wi + ss), ok);
                     }
                 }
                 k0 += gemm::BK;
@@ -195,47 +213,28 @@ struct ConvFwd {
         }
         __device__ void stash(float*) {}
     };
-
-    template <int ROWS, int NT>
-    struct BLoad : gemm::ViewLoad<ROWS, NT, gemm::ROW_VEC4> {
-        __device__ BLoad(const ConvFwd& p, int n0, int t, int kt)
-            : gemm::ViewLoad<ROWS, NT, gemm::ROW_VEC4>(gemm::View{p.wg, p.Npad, p.Kg, 1, p.Npad}, n0, t, kt) {}
-    };
 };
 
 // ------------------------------------------------------------------ data gradient, any stride
 // A(m, k) = dy[img, kf, p, q] with (h + pt - r) = p*sh, (w + pl - s) = q*sw, k = (r'*S + s')*K + kf over the
 // flipped tap (r', s') = (R-1-r, S-1-s), so that B is the same flipped weight matrix as the stride-1 one.
-struct ConvDgrad {
+struct ConvDgrad : ConvGemm {
     const float* dy;
-    const float* wg;
     ConvDims d;
-    int M, N, Npad, Kg;
-    ConvOut o;
-    struct Step {};
-    __device__ Step step(int, int) const { return {}; }
-    __device__ void store(int m, int n, float v) const { o.store(m, n, v); }
-    __device__ void store4(int m, int n, float4 v) const { o.store4(m, n, v); }
 
     template <int ROWS, int NT>
-    struct ALoad {
-        static constexpr int L = ROWS * gemm::BK / NT;
-        static constexpr int RPT = ROWS > NT ? ROWS / NT : 1;
-        static constexpr int KPT = L / RPT;
-        static constexpr int KSTEP = NT >= ROWS ? NT / ROWS : 1;
-        static constexpr int P = ROWS + gemm::PAD;
+    struct ALoad : PixelSlots<ROWS, NT> {
+        using Slots = PixelSlots<ROWS, NT>;
+        using Slots::RPT, Slots::KPT, Slots::KSTEP, Slots::am, Slots::kf;
         const ConvDgrad& p;
-        int at, kf, k0;
+        int k0;
         int base[RPT], h[RPT], w[RPT];
         bool ok[RPT];
         FastDiv div_k, div_s, div_sh, div_sw;
 
         __device__ ALoad(const ConvDgrad& p_, int m0, int t, int kt)
-            : p(p_), div_k(p_.d.K), div_s(p_.d.S), div_sh(p_.d.sh), div_sw(p_.d.sw) {
+            : Slots(t), p(p_), div_k(p_.d.K), div_s(p_.d.S), div_sh(p_.d.sh), div_sw(p_.d.sw) {
             const ConvDims& d = p.d;
-            const int am = t % (NT < ROWS ? NT : ROWS);
-            kf = NT >= ROWS ? t / ROWS : 0;
-            at = kf * P + am;
 #pragma unroll
             for (int j = 0; j < RPT; ++j) {
                 const int m = m0 + am + j * NT, HW = d.H * d.W;
@@ -267,18 +266,12 @@ struct ConvDgrad {
                         div_sw.divmod(wq, q, rq);
                     }
                     const bool in = ok[j] && k < p.Kg && !rp && !rq && pp < d.P && q < d.Q;
-                    cp_async4(smem_at(stage, at + i * KSTEP * P + j * NT), p.dy + unsigned(base[j] + (kk * d.P + pp) * d.Q + q), in);
+                    cp_async4(smem_at(stage, this->slot(i, j)), p.dy + unsigned(base[j] + (kk * d.P + pp) * d.Q + q), in);
                 }
             }
             k0 += gemm::BK;
         }
         __device__ void stash(float*) {}
-    };
-
-    template <int ROWS, int NT>
-    struct BLoad : gemm::ViewLoad<ROWS, NT, gemm::ROW_VEC4> {
-        __device__ BLoad(const ConvDgrad& p, int n0, int t, int kt)
-            : gemm::ViewLoad<ROWS, NT, gemm::ROW_VEC4>(gemm::View{p.wg, p.Npad, p.Kg, 1, p.Npad}, n0, t, kt) {}
     };
 };
 
@@ -411,9 +404,10 @@ conv2d_fwd(const float* __restrict__ x, const float* __restrict__ wg, const floa
     const Geom g = forward_geom(d);
     const int M = N * P * Q, Npad = (K + 3) & ~3, Kg = R * S * C, steps = (Kg + gemm::BK - 1) / gemm::BK;
     const bool partial = gridDim.z > 1;
-    const ConvFwd<TAPS> p{x, wg, g, M, K, Npad, Kg,
-                          ConvOut{out + (partial ? size_t(blockIdx.z) * M * K : 0), bias, nullptr, relu, partial, K,
-                                  P * Q, FastDiv(P * Q)}};
+    const ConvFwd<TAPS> p{{wg, M, K, Npad, Kg,
+                           ConvOut{out + (partial ? size_t(blockIdx.z) * M * K : 0), bias, nullptr, relu, partial, K,
+                                   P * Q, FastDiv(P * Q)}},
+                          x, g};
     const gemm::Split sp(steps, per);
     gemm::block_tile<BM, BN, TF32>(p, blockIdx.x * BM, blockIdx.y * BN, sp.begin, sp.end);
 }
@@ -431,10 +425,10 @@ conv2d_dgrad(const float* __restrict__ dy, const float* __restrict__ wg, const f
                     FastDiv(H * W)};
     const gemm::Split sp(steps, per);
     if constexpr (FWD) {
-        const ConvFwd<true> p{dy, wg, dgrad_geom(d), M, C, Npad, Kg, o};
+        const ConvFwd<true> p{{wg, M, C, Npad, Kg, o}, dy, dgrad_geom(d)};
         gemm::block_tile<BM, BN, TF32>(p, blockIdx.x * BM, blockIdx.y * BN, sp.begin, sp.end);
     } else {
-        const ConvDgrad p{dy, wg, d, M, C, Npad, Kg, o};
+        const ConvDgrad p{{wg, M, C, Npad, Kg, o}, dy, d};
         gemm::block_tile<BM, BN, TF32>(p, blockIdx.x * BM, blockIdx.y * BN, sp.begin, sp.end);
     }
 }

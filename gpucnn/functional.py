@@ -22,7 +22,14 @@ __all__ = [
     "softmax_cross_entropy", "dropout", "dropout_backward", "batch_norm", "batch_norm_backward",
     "sync_batch_norm", "sync_batch_norm_backward", "add", "concat", "concat_backward", "sgd_step", "adam_step",
     "asarray", "to_numpy", "zeros_like", "accumulate_loss_stats", "check_label_errors", "clear_label_errors",
+    "check_index_errors",
 ]
+
+
+def _fits(op: str, what: str, shape, dtype) -> None:
+    """The array `op` would create (an output larger than its inputs) is one the current backend can hold."""
+    be = get_backend()
+    shapes.check_size(op, what, shape, dtype, be.max_elements, be.name)
 
 
 # --------------------------------------------------------------------------- convolution
@@ -34,12 +41,14 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     Output (N, K, floor((H+2p-R)/s)+1, floor((W+2p-S)/s)+1).
     """
     stride_hw, pads, out_shape = shapes.check_conv2d(x, w, b, stride, padding)
+    _fits("conv2d", "the output", out_shape, x.dtype)
     return dispatch("conv2d", x, w, b, stride_hw, pads, out_shape)
 
 
 def conv2d_relu(x, w, b=None, stride=1, padding=0):
     """relu(conv2d(x, w, b, stride, padding)) in one op (the fused epilogue of the GPU backends)."""
     stride_hw, pads, out_shape = shapes.check_conv2d(x, w, b, stride, padding)
+    _fits("conv2d_relu", "the output", out_shape, x.dtype)
     return dispatch("conv2d_relu", x, w, b, stride_hw, pads, out_shape)
 
 
@@ -64,7 +73,9 @@ def max_pool2d(x, kernel_size, stride=None, return_indices=False):
     """Max over each kernel_size window (stride defaults to kernel_size, no padding, floor).
 
     With return_indices=True also returns, per output, the flat index h*W+w of
-    the first maximum of its window in the input plane (as PyTorch does).
+    the first maximum of its window in the input plane (as PyTorch does). NaN
+    propagates as in PyTorch: a window holding NaN gives NaN, at the index of its
+    last NaN in row-major order.
     """
     kernel_hw, stride_hw, out_shape = shapes.check_pool2d(x, kernel_size, stride)
     y, idx = dispatch("max_pool2d", x, kernel_hw, stride_hw, out_shape)
@@ -82,14 +93,18 @@ def relu_max_pool2d(x, kernel_size, stride=None, return_indices=False):
 
 
 def max_pool2d_backward(dy, x, kernel_size, stride=None, indices=None):
-    """dx: each dy element goes to the first maximum of its window (PyTorch's rule).
+    """dx: each dy element goes to the first maximum of its window (PyTorch's rule; a window holding NaN
+    sends it to its last NaN, as max_pool2d's index says).
 
-    Pass the indices from ``max_pool2d(..., return_indices=True)`` to skip the search.
+    Pass the indices from ``max_pool2d(..., return_indices=True)`` to skip the search. Each index must be
+    the position of an element of its own window: host indices are checked here (ValueError); device
+    indices are not read back, the GPU kernels give dy only to positions inside the window and record the
+    first index outside it for ``check_index_errors``.
     """
     kernel_hw, stride_hw, out_shape = shapes.check_pool2d(x, kernel_size, stride)
     shapes.check_grad_output(dy, "dy", out_shape, x)
     if indices is not None:
-        shapes.check_indices(indices, out_shape, x.shape[2] * x.shape[3])
+        shapes.check_indices(indices, out_shape, tuple(x.shape), kernel_hw, stride_hw)
     return dispatch("max_pool2d_backward", dy, x, kernel_hw, stride_hw, indices)
 
 
@@ -108,13 +123,14 @@ def avg_pool2d_backward(dy, x, kernel_size, stride=None):
 # --------------------------------------------------------------------------- elementwise
 
 def relu(x):
-    """max(0, x)."""
+    """max(0, x); NaN passes through (as torch.relu)."""
     shapes.check_array(x, "x")
     return dispatch("relu", x)
 
 
 def relu_backward(dy, x):
-    """dy where x > 0, else 0 (x may also be relu's output: the mask is the same)."""
+    """0 where x <= 0, else dy (x may also be relu's output: the mask is the same). A NaN x passes dy, and
+    an inf or NaN dy where x <= 0 gives 0, as PyTorch's threshold_backward."""
     shapes.check_array(x, "x")
     shapes.check_grad_output(dy, "dy", tuple(x.shape), x)
     return dispatch("relu_backward", dy, x)
@@ -127,7 +143,10 @@ def _scale(scale) -> tuple[int, int]:
 def upsample_nearest2d(x, scale):
     """Nearest-neighbour upsampling by an integer factor (int or pair): each value repeated."""
     shapes.check_array(x, "x", 4)
-    return dispatch("upsample_nearest2d", x, _scale(scale))
+    sh, sw = _scale(scale)
+    n, c, h, w = x.shape
+    _fits("upsample_nearest2d", "the output", (n, c, h * sh, w * sw), x.dtype)
+    return dispatch("upsample_nearest2d", x, (sh, sw))
 
 
 def upsample_nearest2d_backward(dy, scale):
@@ -159,15 +178,15 @@ def concat(xs):
             raise ValueError(
                 f"concat needs equal N, H, W; xs[0] has shape {tuple(xs[0].shape)}, xs[{i}] has {tuple(x.shape)}"
             )
+    n, _, h, w = xs[0].shape
+    _fits("concat", "the output", (n, sum(int(x.shape[1]) for x in xs), h, w), xs[0].dtype)
     return dispatch("concat", list(xs))
 
 
 def concat_backward(dy, channels):
-    """Split dy along channels into pieces of the given channel counts."""
+    """Split dy along channels into pieces of the given channel counts (ints >= 0 adding up to dy's)."""
     shapes.check_array(dy, "dy", 4)
-    if sum(channels) != dy.shape[1]:
-        raise ValueError(f"channel counts {list(channels)} do not add up to dy's {dy.shape[1]} channels")
-    return dispatch("concat_backward", dy, list(channels))
+    return dispatch("concat_backward", dy, shapes.channel_counts(channels, int(dy.shape[1])))
 
 
 # --------------------------------------------------------------------------- dense
@@ -175,6 +194,7 @@ def concat_backward(dy, channels):
 def linear(x, w, b=None):
     """x @ w.T + b for x (N, in), w (out, in), b (out,)."""
     out_shape = shapes.check_linear(x, w, b)
+    _fits("linear", "the output", out_shape, x.dtype)
     return dispatch("linear", x, w, b, out_shape)
 
 
@@ -246,6 +266,23 @@ def check_label_errors(reset=True) -> None:
                          f"below the number of classes")
 
 
+def check_index_errors(reset=True) -> None:
+    """Raise ValueError if a max_pool2d_backward on device indices met an index outside its own window.
+
+    Host indices are checked before any kernel runs; device indices are not read back (a synchronization
+    per backward step). The GPU kernels give dy only to positions inside each window and record the first
+    index outside it; this reads the record (one device-to-host copy) and, with reset=True, clears it.
+    Indices from max_pool2d(..., return_indices=True), as the layers pass them, never get here.
+    """
+    err = dispatch("index_errors", bool(reset))
+    if err is not None:
+        at, index = err
+        raise ValueError(f"max_pool2d_backward (since the last check) met index {index} at position {at} of the "
+                         f"pooled output (flat over N, C, P, Q), outside its window: indices must be positions of "
+                         f"elements of their own window, as max_pool2d(..., return_indices=True) returns them; that "
+                         f"window's gradient went nowhere")
+
+
 # --------------------------------------------------------------------------- regularization
 
 def dropout(x, p=0.5, training=True, seed=None):
@@ -253,11 +290,18 @@ def dropout(x, p=0.5, training=True, seed=None):
 
     Returns (y, mask) where mask holds 0 or 1/(1-p) (pass it to
     dropout_backward); in eval mode (training=False) or p=0, returns (x, None).
-    seed: an int for a reproducible mask, None for a fresh one.
+    seed: an int in [0, 2**64) for a reproducible mask (the same on every call of one
+    backend; each backend draws its own), None for a fresh one.
     """
     shapes.check_array(x, "x")
     if not (isinstance(p, numbers.Real) and 0 <= p < 1):
         raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"dropout seed must be None or an int in [0, 2**64), got {seed!r}")
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"dropout seed must be None or an int in [0, 2**64), got {seed!r}")
+        seed = int(seed)
     if not training or p == 0:
         return x, None
     return dispatch("dropout", x, float(p), seed)
@@ -292,7 +336,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     _check_bn(x, running_mean, running_var, weight, bias)
     if not training and (running_mean is None or running_var is None):
         raise ValueError("batch_norm in eval mode (training=False) needs running_mean and running_var")
-    if training and x.size // x.shape[1] < 2:
+    if training and x.shape[1] and x.size // x.shape[1] < 2:
         raise ValueError(f"batch_norm in training needs more than one value per channel, got x of shape {tuple(x.shape)}")
     return dispatch("batch_norm", x, running_mean, running_var, weight, bias, bool(training), float(momentum), float(eps))
 

@@ -7,11 +7,13 @@ what was expected and what came.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+MAX_BYTES = np.iinfo(np.intp).max  # the most bytes one array can span (NumPy's limit, a 64-bit address space)
 
 
 # --------------------------------------------------------------------------- sizes
@@ -20,6 +22,22 @@ def conv_output_size(n: int, f: int, stride: int = 1, pad_before: int = 0, pad_a
     """floor((n + 2p - f) / s) + 1, the output length of a convolution or pooling window."""
     pad_after = pad_before if pad_after is None else pad_after
     return (n + pad_before + pad_after - f) // stride + 1
+
+
+def check_size(op: str, what: str, shape, dtype, max_elements: int | None = None, backend: str = "") -> None:
+    """An array of `shape` and `dtype` that `op` would create is one the backend can hold: at most
+    `max_elements` elements (a backend whose kernels index with 32-bit integers says so; None: no such limit)
+    and at most MAX_BYTES bytes. Raised before anything is allocated, so a huge padding or scale is a
+    message, not an allocation failure."""
+    shape = tuple(int(s) for s in shape)
+    n = math.prod(shape)
+    if max_elements is not None and n > max_elements:
+        raise ValueError(f"{op}: {what} would have shape {shape}, {n:,} elements; the {backend} backend's kernels "
+                         f"index with 32-bit integers, so an array holds at most {max_elements:,} elements")
+    nbytes = n * np.dtype(dtype).itemsize
+    if nbytes > MAX_BYTES:
+        raise ValueError(f"{op}: {what} would have shape {shape}, {n:,} elements ({nbytes:,} bytes), more than "
+                         f"an array can hold ({MAX_BYTES:,} bytes)")
 
 
 def pair(value, name: str) -> tuple[int, int]:
@@ -167,16 +185,48 @@ def class_indices(labels, n: int, num_classes: int | None, what: str = "labels")
     return labels
 
 
-def check_indices(indices, out_shape: tuple, plane_size: int) -> None:
-    """Max-pool indices: integers of the pooled shape, each a flat position h*W+w within its plane."""
+def check_indices(indices, out_shape: tuple, x_shape: tuple, kernel_hw: tuple, stride_hw: tuple) -> None:
+    """Max-pool indices: integers of the pooled shape, each the flat position h*W+w of an element of its own
+    window (what max_pool2d(..., return_indices=True) returns; the one rule of every backend).
+
+    Host arrays are checked here, range and window. Device arrays are not read back (a synchronization per
+    backward step): the GPU kernels give dy only to a position inside its window and record the first index
+    outside it on the device, see functional.check_index_errors."""
     if not (hasattr(indices, "shape") and hasattr(indices, "dtype")) or np.dtype(indices.dtype).kind not in "iu":
         raise TypeError(f"indices must be an integer array from max_pool2d(..., return_indices=True), "
                         f"got {getattr(indices, 'dtype', type(indices).__name__)}")
     check_shape(indices, "indices", out_shape)
-    # Range is checked on host arrays only: on a GPU it would cost a device sync per backward step.
-    if isinstance(indices, np.ndarray) and indices.size and (indices.min() < 0 or indices.max() >= plane_size):
-        raise ValueError(f"indices must lie in [0, {plane_size}) (flat positions in an input plane), "
+    if not isinstance(indices, np.ndarray) or not indices.size:
+        return
+    plane = int(x_shape[2]) * int(x_shape[3])
+    if indices.min() < 0 or indices.max() >= plane:
+        raise ValueError(f"indices must lie in [0, {plane}) (flat positions in an input plane), "
                          f"got values from {indices.min()} to {indices.max()}")
+    (kh, kw), (sh, sw), (p, q) = kernel_hw, stride_hw, out_shape[2:]
+    row, col = np.divmod(indices.astype(np.int64), int(x_shape[3]))
+    di = row - (np.arange(p) * sh)[:, None]
+    dj = col - (np.arange(q) * sw)[None, :]
+    outside = (di < 0) | (di >= kh) | (dj < 0) | (dj >= kw)
+    if outside.any():
+        at = tuple(int(i) for i in np.argwhere(outside)[0])
+        oh, ow = at[2:]
+        raise ValueError(f"indices{list(at)} = {indices[at]} (row {row[at]}, column {col[at]}) is outside its "
+                         f"window, rows {oh * sh}..{oh * sh + kh - 1} and columns {ow * sw}..{ow * sw + kw - 1}: "
+                         f"each index must be the position of an element of its own window, as "
+                         f"max_pool2d(..., return_indices=True) returns them")
+
+
+def channel_counts(channels, total: int) -> list[int]:
+    """concat_backward's channel counts: a sequence of ints >= 0 that add up to `total`."""
+    if not isinstance(channels, (list, tuple)) or not all(
+            isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in channels):
+        raise TypeError(f"channel counts must be a list or tuple of ints, got {channels!r}")
+    counts = [int(c) for c in channels]
+    if any(c < 0 for c in counts):
+        raise ValueError(f"channel counts must be >= 0, got {counts}")
+    if sum(counts) != total:
+        raise ValueError(f"channel counts {counts} do not add up to dy's {total} channels")
+    return counts
 
 
 # --------------------------------------------------------------------------- op checks
@@ -197,6 +247,8 @@ def check_conv2d(x, w, b, stride, padding):
         )
     if b is not None and tuple(b.shape) != (k,):
         raise ValueError(f"bias must have shape ({k},), one per filter, got {tuple(b.shape)}")
+    if r < 1 or s < 1:
+        raise ValueError(f"the kernel must be at least 1x1, got {r}x{s} (w shape {tuple(w.shape)} is (K, C, R, S))")
     stride_hw = positive_pair(stride, "stride")
     pads = conv_padding(padding, (r, s), stride_hw)
     hp, wp = h + pads[0] + pads[1], wd + pads[2] + pads[3]

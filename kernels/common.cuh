@@ -30,6 +30,13 @@ typedef unsigned long long uint64_t;
          r##_u < unsigned(rows); r##_u += r##_stride)                                              \
         if (const int r = int(r##_u); true)
 
+// ReLU as PyTorch computes it: 0 where v <= 0, v elsewhere, so NaN passes through (fmaxf(NaN, 0) would
+// give 0); every fused ReLU (GEMM epilogues, the pooling's) and the elementwise kernel use it.
+__device__ __forceinline__ float apply_relu(float v) { return v <= 0.f ? 0.f : v; }
+// ReLU's backward given its input (or output) x: 0 where x <= 0, dy elsewhere (a NaN x passes dy, and an
+// inf or NaN dy where x <= 0 gives 0), as PyTorch's threshold_backward.
+__device__ __forceinline__ float relu_grad(float dy, float x) { return x <= 0.f ? 0.f : dy; }
+
 // The thread's index in a 1-D grid, unsigned (the tails of the vectorized loops add it to n & ~3).
 __device__ __forceinline__ unsigned grid_thread() { return blockIdx.x * blockDim.x + threadIdx.x; }
 

@@ -59,8 +59,8 @@ struct ConvOut {
     __device__ float finish(int i, int n, float v) const {
         if (partial) return v;
         if (bias) v += __ldg(bias + n);
-        if (relu) v = fmaxf(v, 0.f);
-        if (mask && !(__ldg(mask + i) > 0.f)) v = 0.f;
+        if (relu) v = apply_relu(v);
+        if (mask) v = relu_grad(v, __ldg(mask + i));
         return v;
     }
     __device__ void store(int m, int n, float v) const {
@@ -538,7 +538,7 @@ conv2d_fwd_direct(const float* __restrict__ x, const float* __restrict__ w, cons
         const float b = bias ? __ldg(bias + kk) : 0.f;
         float v[PX];
 #pragma unroll
-        for (int i = 0; i < PX; ++i) v[i] = relu ? fmaxf(acc[i][k] + b, 0.f) : acc[i][k] + b;
+        for (int i = 0; i < PX; ++i) v[i] = relu ? apply_relu(acc[i][k] + b) : acc[i][k] + b;
         float* out = y + ((size_t(n) * K + kk) * P + p) * Q + q;
         if (Q % 4 == 0 && q + PX <= Q) {  // 16-byte aligned: q is a multiple of 8, Q of 4
             *reinterpret_cast<float4*>(out) = make_float4(v[0], v[1], v[2], v[3]);

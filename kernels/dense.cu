@@ -20,7 +20,7 @@ struct LinearOut {
     __device__ float finish(int m, float v) const {
         if (partial) return v;
         if (bias) v += __ldg(bias + m);
-        if (relu) v = fmaxf(v, 0.f);
+        if (relu) v = apply_relu(v);
         return v;
     }
     __device__ void store(int m, int n, float v) const { out[n * M + m] = finish(m, v); }

@@ -53,11 +53,11 @@ __device__ __forceinline__ void map2(const float* __restrict__ a, const float* _
     }
 }
 
-struct ReluOp {  // NaN passes through, as np.maximum(x, 0)
-    __device__ __forceinline__ float operator()(float v) const { return v <= 0.f ? 0.f : v; }
+struct ReluOp {  // NaN passes through, as np.maximum(x, 0) and torch.relu
+    __device__ __forceinline__ float operator()(float v) const { return apply_relu(v); }
 };
 struct ReluBackwardOp {  // x may be the ReLU's input or its output: same sign test
-    __device__ __forceinline__ float operator()(float dy, float x) const { return x > 0.f ? dy : 0.f; }
+    __device__ __forceinline__ float operator()(float dy, float x) const { return relu_grad(dy, x); }
 };
 struct AddOp {
     __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }

@@ -297,7 +297,8 @@ extern "C" __global__ void splitk_reduce(const float* __restrict__ ws, float* __
 
 // Split-K with the epilogue the split GEMM could not apply: out[i] = the sum of the partials, plus
 // bias[(i / inner) % channels] (a conv's or a linear layer's bias), ReLU when relu, 0 where mask[i] <= 0
-// (a ReLU's backward fused into a data gradient). Null bias or mask: none.
+// (a ReLU's backward fused into a data gradient). Null bias or mask: none. splits 0 (a GEMM whose K is 0:
+// no input channels) writes the epilogue of a zero sum, ws unread.
 extern "C" __global__ void splitk_epilogue(const float* __restrict__ ws, float* __restrict__ out, int n, int splits,
                                            const float* __restrict__ bias, int inner, int channels, int relu,
                                            const float* __restrict__ mask) {
@@ -305,8 +306,8 @@ extern "C" __global__ void splitk_epilogue(const float* __restrict__ ws, float* 
         float v = 0.f;
         for (int s = 0; s < splits; ++s) v += ws[size_t(s) * n + i];
         if (bias) v += bias[(i / inner) % channels];
-        if (relu) v = fmaxf(v, 0.f);
-        if (mask && !(mask[i] > 0.f)) v = 0.f;
+        if (relu) v = apply_relu(v);
+        if (mask) v = relu_grad(v, mask[i]);
         out[i] = v;
     }
 }

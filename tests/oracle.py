@@ -112,7 +112,9 @@ def _pair(v):
 
 
 def max_pool2d(x, kernel, stride=None):
-    """(y, indices): max of each window and the flat h*W+w index of its first maximum (row-major scan)."""
+    """(y, indices): max of each window and the flat h*W+w index of its first maximum (row-major scan); a NaN
+    replaces the running maximum too (PyTorch's `v > max || isnan(v)`), so a window holding NaN gives NaN
+    at its last NaN."""
     x = f64(x)
     kh, kw = _pair(kernel)
     sh, sw = (kh, kw) if stride is None else _pair(stride)
@@ -127,7 +129,8 @@ def max_pool2d(x, kernel, stride=None):
                     best, best_at = -math.inf, None
                     for i in range(kh):
                         for j in range(kw):
-                            if x[n, c, u + i, v + j] > best:  # strict: ties keep the first
+                            v_ = x[n, c, u + i, v + j]
+                            if v_ > best or math.isnan(v_):  # strict: ties keep the first
                                 best, best_at = x[n, c, u + i, v + j], (u + i) * w_ + (v + j)
                     y[n, c, p, q], idx[n, c, p, q] = best, best_at
     return y, idx
@@ -208,8 +211,9 @@ def upsample_nearest2d_backward(dy, scale):
 
 
 def relu(x):
+    """max(x, 0) with NaN passing through (torch.relu)."""
     x = f64(x)
-    return np.where(x > 0, x, 0.0)
+    return np.where(x <= 0, 0.0, x)
 
 
 # ----------------------------------------------------------------------------- dense

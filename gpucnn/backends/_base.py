@@ -48,6 +48,8 @@ class Backend:
     batch_feeder = None  # (x, y, batch_size) -> a feeder with .epoch(order), where the backend has one
     tf32_ops: tuple[str, ...] = ()  # ops whose math follows gpucnn.config.allow_tf32 (TF32 tensor cores)
     simulator = "a simulator"  # what runs its kernels on the CPU when `simulated`, in words
+    max_elements: int | None = None  # the most elements one array may have (kernels that index with 32-bit
+    # integers set 2**31 - 1; None: only memory limits it); gpucnn.functional checks outputs against it
 
     # -- can it run here
     def probe(self) -> str | None:

@@ -5,11 +5,13 @@ NumPy against the loop oracle of tests/oracle.py (float32 and float64, plus floa
 Numba (simulator) and CuPy (emulator) against NumPy. Max pooling reads distinct values (no ties) or few
 values (many ties: the first maximum of a window wins, row-major, as in PyTorch).
 """
+import re
+
 import numpy as np
 import pytest
 
 import oracle as O
-from helpers import EMU, HOST, SIM, assert_close, check_grad, grid, on, ref
+from helpers import BACKENDS, EMU, HOST, SIM, assert_close, check_grad, grid, on, ref
 
 F32, F64 = np.float32, np.float64
 DTYPES = {"numpy": (F32, F64), "numba": (F32,), "cupy": (F32,)}
@@ -139,6 +141,42 @@ def test_max_pool2d_ties_row_major_first_max_wins(be):
 
 
 @pytest.mark.parametrize("be", on(*SIM))
+def test_max_pool2d_nan_known_values(be):
+    """The fuzz's reproducer: window [1, nan, 3, 2] gives NaN at index 1 (PyTorch), not 3 at index 2 or NaN at
+    index 0; with two NaNs the last one's index (3); the gradient goes there."""
+    for values, at in (([1, np.nan, 3, 2], 1), ([1, np.nan, 3, np.nan], 3), ([np.nan, 5, 6, 7], 0)):
+        x = np.array(values, F32).reshape(1, 1, 2, 2)
+        for op in ("max_pool2d", "relu_max_pool2d"):
+            y, idx = be.run(op, x, 2, return_indices=True)
+            assert np.isnan(be.host(y)).all() and be.host(idx).ravel().tolist() == [at], (op, values)
+        dx = be.host(be.run("max_pool2d_backward", np.full((1, 1, 1, 1), 5, F32), x, 2))
+        assert dx.ravel().tolist() == [5.0 if i == at else 0.0 for i in range(4)], values
+
+
+@pytest.mark.parametrize("k,s", [(2, 2), (2, 1), (3, 2)])  # disjoint windows (cupy's own kernel), overlapping
+@pytest.mark.parametrize("be", on(*SIM))
+def test_max_pool2d_nan_as_pytorch(be, k, s):
+    """NaN against the loop oracle (PyTorch's rule), forward and backward, max_pool2d and relu_max_pool2d
+    (relu(NaN) is NaN): windows with one NaN, two NaNs, NaN beside -inf, and windows without."""
+    x = distinct(np.random.default_rng(16), (1, 2, 5, 5), F32)
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = np.nan
+    x[0, 1, 3, 3] = np.nan
+    x[0, 1, 2, 2] = x[0, 1, 2, 3] = -np.inf
+    for op, xin in (("max_pool2d", x), ("relu_max_pool2d", O.relu(x))):
+        y, idx = be.run(op, x, k, s, return_indices=True)
+        y_want, idx_want = O.max_pool2d(xin, k, s)
+        assert np.isnan(y_want).sum() >= 2
+        np.testing.assert_array_equal(be.host(y), y_want.astype(F32), err_msg=f"{op} y")
+        np.testing.assert_array_equal(be.host(idx), idx_want, err_msg=f"{op} indices")
+    dy = np.arange(1.0, 1.0 + y_want.size, dtype=F32).reshape(y_want.shape)
+    want = O.max_pool2d_backward(dy, x, k, s)
+    _, idx = be.run("max_pool2d", x, k, s, return_indices=True)
+    for what, indices in (("recomputed", None), ("own indices", idx)):
+        assert_close(be.host(be.run("max_pool2d_backward", dy, x, k, s, indices=indices)), want, **EXACT,
+                     name=f"dx ({what})")
+
+
+@pytest.mark.parametrize("be", on(*SIM))
 def test_max_pool2d_backward_uses_given_indices(be):
     """Passed indices replace the search: dy goes where they point, even if that is not the max."""
     x = distinct(np.random.default_rng(31), (1, 2, 4, 4), F32)
@@ -259,10 +297,12 @@ def test_cupy_max_pool_backward_disjoint_grid_stride(be, shape, monkeypatch):
     assert grid[1] * block[1] < p or grid[2] * block[2] < planes  # the loop it exercises takes > 1 trip
 
 
-@pytest.mark.parametrize("be", on("cupy"))
-def test_cupy_max_pool_backward_drops_indices_outside_their_window(be):
-    """Both kernels define dx as a gather over the windows containing each element: an index that points
-    outside its own window (into the gap after it, or into another window) sends its dy nowhere."""
+@pytest.mark.parametrize("be", on("numba", "cupy"))
+def test_device_indices_outside_their_window_are_dropped_and_recorded(be):
+    """The one rule: an index must lie in its own window. Device indices are not read back, so the kernels
+    define dx as a gather over the windows containing each element: an index pointing outside its own
+    window (into the gap after it, or into another window) sends its dy nowhere, and the first one is
+    recorded for check_index_errors (which then raises, and is clean after its reset)."""
     x = distinct(np.random.default_rng(14), (1, 1, 6, 6), F32)
     for k, s in (((2, 2), (3, 3)), ((2, 2), (2, 2)), ((2, 2), (1, 1))):  # gaps, tiling, overlapping
         y, idx = ref("max_pool2d", x, k, s, return_indices=True)
@@ -273,8 +313,33 @@ def test_cupy_max_pool_backward_drops_indices_outside_their_window(be):
         bad.flat[:4] = [2 * 6 + 1, 5, 0, 2 * 6 + 2]
         want = ref("max_pool2d_backward", dy, x, k, s, indices=idx).reshape(-1)
         np.subtract.at(want, idx.flat[:4], dy.flat[:4])  # small integers: exact
-        got = be.host(be.run("max_pool2d_backward", dy, x, k, s, indices=bad)).reshape(-1)
+        be.run("check_index_errors")  # clean record
+        got = be.host(be.run("max_pool2d_backward", dy, x, k, s, indices=be.device(bad))).reshape(-1)
         assert_close(got, want, **EXACT, name=f"dx (window {k}, stride {s})")
+        with pytest.raises(ValueError, match=r"met index (\d+) at position ([0-3]) of the pooled output") as e:
+            be.run("check_index_errors")
+        at, index = (int(v) for v in re.search(r"index (\d+) at position (\d+)", str(e.value)).groups()[::-1])
+        assert bad.flat[at] == index, (at, index)
+        be.run("check_index_errors")  # reset by the read: clean again
+        be.run("max_pool2d_backward", dy, x, k, s, indices=be.device(idx))  # max_pool2d's own: nothing recorded
+        be.run("check_index_errors")
+
+
+@pytest.mark.parametrize("be", on(*BACKENDS))
+def test_host_indices_outside_their_window_are_refused(be):
+    """Host indices are checked before any kernel, on every backend: an index outside its window (in range)
+    is a ValueError naming it, as one out of range is."""
+    x = distinct(np.random.default_rng(15), (1, 2, 5, 5), F32)
+    _, idx = ref("max_pool2d", x, 2, 2, return_indices=True)
+    dy = np.ones((1, 2, 2, 2), F32)
+    bad = idx.copy()
+    bad[0, 1, 1, 0] = 0  # window (1, 0) of plane 1 covers rows 2..3, columns 0..1
+    with pytest.raises(ValueError, match=r"indices\[0, 1, 1, 0\] = 0 \(row 0, column 0\) is outside its window, "
+                                         r"rows 2..3 and columns 0..1"):
+        be.run("max_pool2d_backward", dy, x, 2, 2, indices=bad)
+    bad[0, 1, 1, 0] = 2 * 5 + 4  # the column after the window (a leftover column): outside too
+    with pytest.raises(ValueError, match="outside its window"):
+        be.run("max_pool2d_backward", dy, x, 2, 2, indices=bad)
 
 
 # --------------------------------------------------------------------------- cupy: refusals of the launchers

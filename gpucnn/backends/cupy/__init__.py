@@ -62,6 +62,7 @@ class CupyBackend(Backend):
     families = ("conv", "pool", "elementwise", "dense", "softmax", "norm", "optim")
     capture = Capture()
     tf32_ops = ("conv2d", "conv2d_backward")  # kernels/conv.cu's TF32 template argument
+    max_elements = 2**31 - 1  # every kernel indexes with 32-bit integers (_runtime.INT32_MAX)
     simulator = "CPU emulation of its CUDA C (GPUCNN_CUPY_EMULATE=1)"
 
     @property

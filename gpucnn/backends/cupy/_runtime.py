@@ -122,25 +122,33 @@ def device(a):
     return xp.asarray(a)  # zero-copy for device arrays (CuPy's and __cuda_array_interface__ ones)
 
 
+def check_size(op: str, name: str, a) -> None:
+    """`a` (any array) has at most INT32_MAX elements: checked before an upload too (a broadcast host view
+    of 2^31 elements would otherwise be copied whole, gigabytes, only to be refused)."""
+    if a.size > INT32_MAX:
+        raise ValueError(f"{op}: {name} has {a.size:,} elements; the kernels index with 32-bit integers "
+                         f"(at most {INT32_MAX:,})")
+
+
 def check(op: str, **arrays) -> None:
     """Raise before any launch unless every array is float32, C-contiguous and 32-bit indexable."""
     for name, a in arrays.items():
         if a is None:
             continue
+        check_size(op, name, a)
         if a.dtype != np.float32:
             raise TypeError(f"{op}: {name} must be float32 for the cupy backend's kernels, got {a.dtype} "
                             "(cast it yourself with .astype(np.float32), or use the numpy backend for float64)")
         if not a.flags.c_contiguous:
             raise ValueError(f"{op}: {name} must be C-contiguous for a raw kernel, got strides {a.strides} "
                              f"for shape {a.shape} (pass an ascontiguousarray copy)")
-        if a.size > INT32_MAX:
-            raise ValueError(f"{op}: {name} has {a.size} elements; the kernels index with 32-bit integers")
 
 
 def operand(op: str, name: str, a):
     """Upload if needed, then check: the one way a launcher takes an array argument."""
     if a is None:
         return None
+    check_size(op, name, a)
     a = device(a)
     check(op, **{name: a})
     return a
@@ -213,14 +221,13 @@ def in_place(op: str, name: str, a):
 def int_operand(op: str, name: str, a, dtypes=(np.int32, np.int64)):
     """An integer index array (labels, max-pool indices): on the device and C-contiguous. Kept as is when its
     dtype is one the kernels are instantiated for, else converted once to the widest (int64)."""
+    check_size(op, name, a)
     a = device(a)
     if np.dtype(a.dtype) not in [np.dtype(d) for d in dtypes]:
         a = xp.ascontiguousarray(a, dtype=dtypes[-1])
     if not a.flags.c_contiguous:
         raise ValueError(f"{op}: {name} must be C-contiguous for a raw kernel, got strides {a.strides} "
                          f"for shape {a.shape} (pass an ascontiguousarray copy)")
-    if a.size > INT32_MAX:
-        raise ValueError(f"{op}: {name} has {a.size} elements; the kernels index with 32-bit integers")
     return a
 
 

@@ -24,18 +24,39 @@ K = rt.Family("conv", [f"conv2d_{d}<{bm}, {bn}, {tf}, {_BOOL[fast]}>" for d in (
 
 
 def _dims(x_shape, w_shape, out_shape, stride, pads):
+    """The kernels' ConvDims. Their index arithmetic reaches the padded input's far edge (oh*sh - pt + r),
+    so the padded sizes must fit 32-bit integers too, not only each argument."""
     n, c, h, w = x_shape
     k, _, r, s = w_shape
     p, q = out_shape[2:]
+    if max(h + pads[0] + pads[1], w + pads[2] + pads[3]) > rt.INT32_MAX:
+        raise ValueError(f"the padded input ({h + pads[0] + pads[1]} x {w + pads[2] + pads[3]}) does not fit the "
+                         "cupy backend's 32-bit index arithmetic")
     return tuple(rt.i32(v) for v in (n, c, h, w, k, r, s, p, q, stride[0], stride[1], pads[0], pads[2]))
+
+
+def _gemm_weights_shape(w_shape, flip: bool) -> tuple[int, int]:
+    """The shape of _gemm_weights' matrix: (R*S*C, K) for the forward, (R*S*K, C) flipped, N padded to 4."""
+    kf, c, r, s = (int(v) for v in w_shape)
+    ci, nn = (kf, c) if flip else (c, kf)
+    return r * s * ci, rt.ceil_div(nn, 4) * 4
+
+
+def _check_gemm_weights(op, w_shape, flips) -> None:
+    """Refuse, before any launch, filters whose GEMM matrix (padded) would not fit 32-bit indexing."""
+    for flip in flips:
+        rows, cols = _gemm_weights_shape(w_shape, flip)
+        if rows * cols > rt.INT32_MAX:
+            raise ValueError(f"{op}: the filters of shape {tuple(w_shape)} as a GEMM matrix ({rows:,} x {cols}, "
+                             f"the filter count padded to a multiple of 4) would have more than {rt.INT32_MAX:,} "
+                             "elements, the kernels' 32-bit indexing")
 
 
 def _gemm_weights(w, flip: bool):
     """The filters as the forward's (flip False) or the data gradient's (flipped, transposed) K x N matrix
     (kernels/conv.cu, conv_weight_gemm), N padded to a multiple of 4."""
     kf, c, r, s = w.shape
-    ci, nn = (kf, c) if flip else (c, kf)
-    wg = rt.empty((r * s * ci, rt.ceil_div(nn, 4) * 4))
+    wg = rt.empty(_gemm_weights_shape(w.shape, flip))
     K.launch(f"conv_weight_gemm<{_BOOL[flip]}>", *rt.grid_1d(wg.size),
              (w, wg, rt.i32(kf), rt.i32(c), rt.i32(r * s), rt.i32(wg.shape[1])))
     return wg
@@ -69,12 +90,17 @@ def _gemm(name, fast, m, n, kk, args_before, out, args_after, epilogue=None):
 
 def _forward(op, x, w, b, stride, pads, out_shape, relu):
     x, w, b = rt.operand(op, "x", x), rt.operand(op, "w", w), rt.operand(op, "b", b)
+    _check_gemm_weights(op, w.shape, (False,))
+    dims = _dims(x.shape, w.shape, out_shape, stride, pads)
     y = rt.empty(out_shape)
     if y.size == 0:
         return y
     kf, c, r, s = w.shape
     pq = out_shape[2] * out_shape[3]
-    dims = _dims(x.shape, w.shape, out_shape, stride, pads)
+    if c == 0:  # no input channels: the epilogue of an empty sum (the bias, ReLU'd), no GEMM
+        K.launch("splitk_epilogue", *rt.grid_1d(y.size),
+                 (rt.NULL, y, rt.i32(y.size), rt.i32(0), rt.ptr(b), rt.i32(pq), rt.i32(kf), rt.i32(relu), rt.NULL))
+        return y
     if _direct(c, r, s, kf, stride, 64):
         n, _, h, wd = x.shape
         p, q = out_shape[2:]
@@ -111,6 +137,7 @@ def conv2d_backward(dy, x, w, stride, pads, input_grad=True, relu_mask=False):
     """(dx, dw, db). relu_mask: x came out of a ReLU, so dx is zeroed where x <= 0 (the ReLU's backward, fused)."""
     op = "conv2d_backward"
     dy, x, w = rt.operand(op, "dy", dy), rt.operand(op, "x", x), rt.operand(op, "w", w)
+    _check_gemm_weights(op, w.shape, (True,) if input_grad else ())
     dims = _dims(x.shape, w.shape, dy.shape, stride, pads)
     nimg, c, h, wd = x.shape
     kf, _, r, s = w.shape
@@ -120,18 +147,19 @@ def conv2d_backward(dy, x, w, stride, pads, input_grad=True, relu_mask=False):
     db = rt.empty((kf,))
     dw = rt.empty(w.shape)
     dx = rt.empty(x.shape) if input_grad else None
-    if dy.size == 0 or x.size == 0:  # an empty batch: zero gradients
-        for g in (db, dw, dx):
+    if dy.size == 0:  # no batch or no filters: zero gradients
+        db.fill(0)
+    else:  # bias gradient: K blocks, times enough image groups to give every SM two blocks, reduced after
+        groups = max(1, min(nimg, rt.ceil_div(2 * rt.sm_count(), kf), 65535))
+        part = db if groups == 1 else rt.empty((groups, kf))
+        K.launch("conv2d_bias_grad", (kf, groups), (rt.THREADS,), (dy, part, rt.i32(nimg), rt.i32(kf), rt.i32(pq)))
+        if groups > 1:
+            K.launch("splitk_reduce", *rt.grid_1d(kf), (part, db, rt.i32(kf), rt.i32(groups)))
+    if dy.size == 0 or x.size == 0:  # nothing to multiply (no batch, channels or filters): zero gradients
+        for g in (dw, dx):
             if g is not None:
                 g.fill(0)
         return dx, dw, db
-
-    # bias gradient: K blocks, times enough image groups to give every SM two blocks, reduced after
-    groups = max(1, min(nimg, rt.ceil_div(2 * rt.sm_count(), kf), 65535))
-    part = db if groups == 1 else rt.empty((groups, kf))
-    K.launch("conv2d_bias_grad", (kf, groups), (rt.THREADS,), (dy, part, rt.i32(nimg), rt.i32(kf), rt.i32(pq)))
-    if groups > 1:
-        K.launch("splitk_reduce", *rt.grid_1d(kf), (part, db, rt.i32(kf), rt.i32(groups)))
 
     if _direct(c, r, s, kf, stride, 32):
         _wgrad_direct(x, dy, dw, pads)

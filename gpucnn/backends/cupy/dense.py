@@ -40,6 +40,10 @@ def _linear(op, x, w, b, out_shape, relu):
         return y
     nb, i = x.shape
     o = w.shape[0]
+    if i == 0:  # no input features: the epilogue of an empty sum (the bias, ReLU'd), no GEMM
+        K.launch("splitk_epilogue", *rt.grid_1d(y.size),
+                 (rt.NULL, y, rt.i32(y.size), rt.i32(0), rt.ptr(b), rt.i32(1), rt.i32(o), rt.i32(relu), rt.NULL))
+        return y
     sizes = (nb, i, o)
     _launch(f"linear_fwd<{{bm}}, {{bn}}, {rt.math_mode()}, {_vec(x, w, sizes=(i,))}>", o, nb, i,
             (x, w, rt.ptr(b)), y, lambda per: (rt.i32(relu), rt.i32(per), *(rt.i32(v) for v in sizes)),
@@ -60,12 +64,12 @@ def linear_backward(dy, x, w):
     o = w.shape[0]
     mode = rt.math_mode()
     dx, dw, db = rt.empty(x.shape), rt.empty(w.shape), rt.empty((o,))
-    if nb == 0:
+    if nb == 0 or o == 0:  # no batch or no outputs: zero gradients
         for g in (dx, dw, db):
             g.fill(0)
         return dx, dw, db
     if i == 0:
-        return dx, dw, db if o == 0 else _bias(dy, db)
+        return dx, dw, _bias(dy, db)
     _bias(dy, db)
     sizes = tuple(rt.i32(v) for v in (nb, i, o))
     vec = _vec(dy, w, x, sizes=(i, o))

@@ -6,7 +6,8 @@ do not overlap (stride >= window in both dimensions: the 2x2 stride-2 pools of t
 one thread per pooled output instead (``max_pool_bwd_disjoint``, a 3-D grid from `_disjoint_grid`).
 Max-pool indices are int64 flat positions h*W+w within the input plane, as the NumPy and Numba
 backends return them; the backward also takes int32 indices as they are (other integer types are
-converted once to int64).
+converted once to int64). An index outside its own window (not max_pool2d's) gets no gradient and is
+recorded on the device (`index_errors`), never read back by a launcher.
 """
 from __future__ import annotations
 
@@ -72,12 +73,38 @@ def max_pool2d_backward(dy, x, kernel, stride, indices):
     if dx.size:
         geometry = _geometry(x.shape, dy.shape, kernel, stride)
         planes, _, _, p, q, kh, kw, sh, sw = (int(v) for v in geometry)
-        args = (dy, indices, dx, *geometry)
+        args = (dy, indices, dx, _index_record(), *geometry)
         if sh >= kh and sw >= kw:  # no element in two windows: one thread per window writes its cell of dx
             K.launch(f"max_pool_bwd_disjoint<{rt.c_type(indices.dtype)}>", *_disjoint_grid(planes, p, q), args)
         else:
             K.launch(f"max_pool_bwd<{rt.c_type(indices.dtype)}>", *rt.grid_1d(dx.size), args)
     return dx
+
+
+# kernels/pool.cu's POOL_ERR_*: the first bad index's output position (-1: none), the index
+_NO_ERROR = np.array([-1, 0], np.int32)
+_ERR = []
+
+
+def _index_record():
+    """The device's record of max-pool indices outside their window (persistent: allocated once, reset by
+    the host with a device-side copy, so a captured step can hold its address)."""
+    if not _ERR:
+        _ERR.append(rt.persistent_empty((len(_NO_ERROR),), np.int32))
+        _ERR.append(rt.xp.asarray(_NO_ERROR))  # the reset value, on the device
+        _ERR[0][...] = _ERR[1]
+    return _ERR[0]
+
+
+@register("index_errors", B)
+def index_errors(reset=True):
+    """None, or (output position, index) of the first max-pool index outside its window since the last
+    reset. One device-to-host read."""
+    err = _index_record()
+    at, index = (int(v) for v in err.get())
+    if reset:
+        err[...] = _ERR[1]
+    return None if at < 0 else (at, index)
 
 
 @register("avg_pool2d", B)

@@ -60,13 +60,13 @@ _NUMBA_TYPES = {np.dtype(np.float32): numba.float32, np.dtype(np.float64): numba
 
 def device(a):
     """`a` as a Numba device array: device arrays pass through, CuPy zero-copy, NumPy copied once."""
-    if isinstance(a, np.ndarray):
-        return cuda.to_device(np.ascontiguousarray(a))
+    if isinstance(a, np.ndarray):  # (np.ascontiguousarray would make a 0-d array 1-d)
+        return cuda.to_device(np.asarray(a, order="C"))
     if hasattr(a, "copy_to_host"):  # a Numba device array (or the simulator's stand-in)
         return a
     if hasattr(a, "__cuda_array_interface__"):  # CuPy and friends, zero-copy
         return cuda.as_cuda_array(a)
-    return cuda.to_device(np.ascontiguousarray(a))
+    return cuda.to_device(np.asarray(a, order="C"))
 
 
 def empty(shape, dtype):

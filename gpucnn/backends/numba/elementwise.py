@@ -50,14 +50,15 @@ def relu_fwd(x, y):
 
 @cuda.jit(cache=True)
 def relu_bwd(dy, x, dx):
-    """dx[i] = dy[i] where x[i] > 0, else 0 (x may be relu's input or its output)."""
+    """dx[i] = 0 where x[i] <= 0, else dy[i] (x may be relu's input or its output; a NaN x passes dy, as
+    PyTorch's threshold_backward)."""
     zero = dx.dtype.type(0)
     start = cuda.grid(1)
     for i in range(start, dx.size, cuda.gridsize(1)):
-        if x[i] > zero:
-            dx[i] = dy[i]
-        else:
+        if x[i] <= zero:
             dx[i] = zero
+        else:
+            dx[i] = dy[i]
 
 
 @cuda.jit(cache=True)

@@ -42,10 +42,19 @@ def _geometry(x):
 
 # --------------------------------------------------------------------------- forward
 
+@cuda.jit(device=True, cache=True)
+def inv_sqrt(v, zero, one, nan):
+    """1/sqrt(v); NaN (the typed `nan`) for v < 0 or NaN, as a GPU's sqrt gives it (the simulator's
+    math.sqrt would raise). zero, one, nan: of v's dtype (no float64 constant in a float32 kernel)."""
+    if v >= zero:
+        return one / math.sqrt(v)
+    return nan
+
+
 def make_bn_fwd_stats(dt):
     @cuda.jit
     def bn_fwd_stats(x, channels, hw, m, eps, mom, keep, unbias, update_mean, update_var,
-                 running_mean, running_var, save_mean, save_invstd, zero, one):
+                 running_mean, running_var, save_mean, save_invstd, zero, one, nan):
         """Block c: mean and biased variance of channel c of x (flat (N, C, HW)); running stats in place."""
         s = cuda.shared.array((1, REDUCE_THREADS), dt)
         c = cuda.blockIdx.x
@@ -71,7 +80,7 @@ def make_bn_fwd_stats(dt):
         if tid == 0 and c < channels:
             var = s[0, 0] / m
             save_mean[c] = mean
-            save_invstd[c] = one / math.sqrt(var + eps)
+            save_invstd[c] = inv_sqrt(var + eps, zero, one, nan)
             if update_mean:
                 running_mean[c] = running_mean[c] * keep + mom * mean
             if update_var:
@@ -84,11 +93,11 @@ _bn_fwd_stats_kernels: dict = {}
 
 
 @cuda.jit(cache=True)
-def bn_fwd_eval_stats(running_mean, running_var, eps, one, save_mean, save_invstd):
+def bn_fwd_eval_stats(running_mean, running_var, eps, zero, one, nan, save_mean, save_invstd):
     start = cuda.grid(1)
     for c in range(start, save_mean.size, cuda.gridsize(1)):
         save_mean[c] = running_mean[c]
-        save_invstd[c] = one / math.sqrt(running_var[c] + eps)
+        save_invstd[c] = inv_sqrt(running_var[c] + eps, zero, one, nan)
 
 
 @cuda.jit(cache=True)
@@ -110,8 +119,8 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     c, hw, m = _geometry(x)
     save_mean = _common.empty((c,), x.dtype)
     save_invstd = _common.empty((c,), x.dtype)
-    zero, one, eps_t = _common.scalars(x.dtype, 0, 1, eps)
-    if training:
+    zero, one, nan, eps_t = _common.scalars(x.dtype, 0, 1, math.nan, eps)
+    if training and c:
         running_mean = _common.in_place(running_mean, "running_mean")
         running_var = _common.in_place(running_var, "running_var")
         mom, keep, unbias, m_t = _common.scalars(x.dtype, momentum, 1 - momentum, m / (m - 1), m)
@@ -119,10 +128,11 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
         kernel[c, REDUCE_THREADS](  # one block per channel
             _common.flat(x), c, hw, m_t, eps_t, mom, keep, unbias, running_mean is not None,
             running_var is not None, save_mean if running_mean is None else running_mean,
-            save_invstd if running_var is None else running_var, save_mean, save_invstd, zero, one)
-    else:
+            save_invstd if running_var is None else running_var, save_mean, save_invstd, zero, one, nan)
+    elif not training:
         running_mean, running_var = _common.device(running_mean), _common.device(running_var)
-        bn_fwd_eval_stats[_common.grid_1d(c)](running_mean, running_var, eps_t, one, save_mean, save_invstd)
+        bn_fwd_eval_stats[_common.grid_1d(c)](running_mean, running_var, eps_t, zero, one, nan, save_mean,
+                                              save_invstd)
     y = _common.empty(x.shape, x.dtype)
     if x.size:
         w = save_mean if weight is None else _common.device(weight)  # a dummy 1-D array where absent (never read)

@@ -10,11 +10,13 @@ from `_common.grid_1d` computed once per launch.
 
 Max pooling records, per output, the flat index h*W+w of the first maximum of
 its window in row-major window order (PyTorch's rule, the NumPy backend's
-indices). Both backwards are gathers, not scatters: one thread per input
-element sums dy over the windows that contain it (those with
-oh*sh <= h < oh*sh + kh and likewise for w), so there are no atomics and the
-result is deterministic. Max pooling's backward takes a window's dy only when
-that window's recorded index is this element.
+indices; a window holding NaN gives NaN at its last NaN). Both backwards are
+gathers, not scatters: one thread per input element sums dy over the windows
+that contain it (those with oh*sh <= h < oh*sh + kh and likewise for w), so
+there are no atomics and the result is deterministic. Max pooling's backward
+takes a window's dy only when that window's recorded index is this element; an
+index outside its window (not max_pool2d's) is recorded on the device
+(`index_errors`), never read back by the launcher.
 
 Float32 discipline: accumulators start from a zero of the array's own dtype
 (`dx.dtype.type(0)`), and avg pooling's 1/(kh*kw) is computed on the host in
@@ -22,8 +24,10 @@ the array's dtype and passed in.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from numba import cuda
+from numba import cuda, int64
 
 from ... import shapes
 from .._base import register
@@ -38,8 +42,9 @@ B = "numba"
 def max_pool_fwd(x, y, idx, kh, kw, sh, sw):
     """y[p, oh, ow] = max of the kh x kw window at (oh*sh, ow*sw) of x[p]; idx = its flat h*W+w.
 
-    The window is scanned in row-major order and only a strictly larger value
-    replaces the running maximum, so ties keep the first position.
+    The window is scanned in row-major order and only a strictly larger value,
+    or a NaN, replaces the running maximum (PyTorch's rule): ties keep the first
+    position, a window holding NaN gives NaN at its last NaN.
     """
     planes, ph, qw = y.shape
     width = x.shape[2]
@@ -56,7 +61,7 @@ def max_pool_fwd(x, y, idx, kh, kw, sh, sw):
         for i in range(kh):
             for j in range(kw):
                 v = x[p, h0 + i, w0 + j]
-                if v > best:
+                if v > best or math.isnan(v):
                     best = v
                     best_h = h0 + i
                     best_w = w0 + j
@@ -65,11 +70,13 @@ def max_pool_fwd(x, y, idx, kh, kw, sh, sw):
 
 
 @cuda.jit(cache=True)
-def max_pool_bwd(dy, idx, dx, kh, kw, sh, sw):
+def max_pool_bwd(dy, idx, dx, err, kh, kw, sh, sw):
     """dx[p, h, w] = sum of dy[p, oh, ow] over the windows containing (h, w) whose idx is h*W+w.
 
     Windows containing row h: oh from ceil((h - kh + 1) / sh) (at least 0) to
     floor(h / sh) (at most P-1); columns likewise. Summed in row-major window order.
+    The element at a window's corner (oh*sh, ow*sw) checks that window's index: one
+    outside the window reaches no element and goes into `err` (see _index_record).
     """
     planes, height, width = dx.shape
     ph, qw = dy.shape[1], dy.shape[2]
@@ -85,6 +92,13 @@ def max_pool_bwd(dy, idx, dx, kh, kw, sh, sw):
                 if idx[p, oh, ow] == here:
                     acc += dy[p, oh, ow]
         dx[p, h, w] = acc
+        oh = h // sh
+        ow = w // sw
+        if oh * sh == h and ow * sw == w and oh < ph and ow < qw:  # (h, w) is window (oh, ow)'s corner
+            d = int64(idx[p, oh, ow]) - here  # (i, j) = divmod(d, W) must lie in the window
+            if d < 0 or d // width >= kh or d % width >= kw:
+                if cuda.atomic.cas(err, 0, -1, (p * ph + oh) * qw + ow) == -1:
+                    err[1] = idx[p, oh, ow]
 
 
 @cuda.jit(cache=True)
@@ -153,6 +167,30 @@ def max_pool2d(x, kernel, stride, out_shape):
     return y, idx
 
 
+# The device's record of max-pool indices outside their window: err[0] the first one's output position,
+# flat over (planes, P, Q) (-1: none), err[1] the index
+_NO_ERROR = np.array([-1, 0], np.int64)
+_ERR = []
+
+
+def _index_record():
+    """The index-error record on the device, allocated once; the host resets it with a device copy."""
+    if not _ERR:
+        _ERR.append(cuda.to_device(_NO_ERROR))
+        _ERR.append(cuda.to_device(_NO_ERROR))  # the reset value
+    return _ERR[0]
+
+
+@register("index_errors", B)
+def index_errors(reset=True):
+    """None, or (output position, index) of the first max-pool index outside its window since the last reset."""
+    err = _index_record()
+    at, index = (int(v) for v in err.copy_to_host())
+    if reset:
+        err.copy_to_device(_ERR[1])
+    return None if at < 0 else (at, index)
+
+
 @register("max_pool2d_backward", B)
 def max_pool2d_backward(dy, x, kernel, stride, indices):
     dy, x = _common.device(dy), _common.device(x)
@@ -161,8 +199,10 @@ def max_pool2d_backward(dy, x, kernel, stride, indices):
     else:
         indices = _common.device(indices)
     dx = _common.empty(x.shape, x.dtype)
-    xs, ys, args = _views(x.shape, dy.shape, kernel, stride)
-    max_pool_bwd[_common.grid_1d(dx.size)](dy.reshape(ys), indices.reshape(ys), dx.reshape(xs), *args)
+    if dx.size:
+        xs, ys, args = _views(x.shape, dy.shape, kernel, stride)
+        max_pool_bwd[_common.grid_1d(dx.size)](dy.reshape(ys), indices.reshape(ys), dx.reshape(xs), _index_record(),
+                                               *args)
     return dx
 
 

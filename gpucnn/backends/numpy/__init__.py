@@ -27,7 +27,7 @@ class NumpyBackend(Backend):
     families = ("conv", "pool", "elementwise", "dense", "softmax", "norm", "optim")
 
     def asarray(self, a):
-        return np.ascontiguousarray(to_host(a))
+        return np.asarray(to_host(a), order="C")  # (np.ascontiguousarray would make a 0-d array 1-d)
 
     def to_host(self, a):
         return to_host(a)

@@ -118,8 +118,61 @@ def _correlate(planes, w, stride, p, q):
         yield n0, n1, y.reshape(k, n1 - n0, p, qs)
 
 
+# --------------------------------------------------------------------------- strides wider than the kernel
+#
+# A stride larger than the kernel leaves rows (columns) that no window reads. Gathering the rows the
+# windows do read, window u's at u*R .. u*R+R-1, gives the same convolution with stride R and no padding
+# on that axis, whose buffers scale with the output instead of with the stride (a stride of 2^40 on a
+# 3x3 input is a 1x1 output, not a 2^40-row plane). Windows that do not overlap read each row once, so
+# the data gradient goes back by plain assignment.
+
+def _axis_sources(n, k, s, pad, out):
+    """Source row of each gathered row (window u's rows u*s-pad .. +k-1), and which of them are real rows."""
+    src = (np.arange(out)[:, None] * s + np.arange(k)[None, :] - pad).ravel()
+    return src, (src >= 0) & (src < n)
+
+
+def _compact(x, r, s, stride, pads, out_hw):
+    """(x', stride', pads', sources): x gathered along every axis whose stride exceeds its kernel (then that
+    axis has stride = kernel and no padding); sources[axis] = (src, valid) of a gathered axis, else None."""
+    sources, stride, pads = [None, None], list(stride), list(pads)
+    for axis, k in ((0, r), (1, s)):
+        if stride[axis] <= k:
+            continue
+        src, valid = _axis_sources(x.shape[2 + axis], k, stride[axis], pads[2 * axis], out_hw[axis])
+        shape = list(x.shape)
+        shape[2 + axis] = src.size
+        gathered = np.zeros(shape, x.dtype)
+        at = (slice(None),) * (2 + axis) + (np.flatnonzero(valid),)
+        gathered[at] = np.take(x, src[valid], axis=2 + axis)
+        x, stride[axis], pads[2 * axis: 2 * axis + 2] = gathered, k, (0, 0)
+        sources[axis] = (src, valid)
+    return x, tuple(stride), tuple(pads), sources
+
+
+def _scatter_back(dx, x_shape, sources):
+    """The data gradient of a gathered input back in x's geometry (rows no window reads get 0)."""
+    for axis in (0, 1):
+        if sources[axis] is None:
+            continue
+        src, valid = sources[axis]
+        shape = list(dx.shape)
+        shape[2 + axis] = x_shape[2 + axis]
+        out = np.zeros(shape, dx.dtype)
+        at = (slice(None),) * (2 + axis)
+        out[at + (src[valid],)] = dx[at + (np.flatnonzero(valid),)]
+        dx = out
+    return dx
+
+
 def _conv2d(x, w, b, stride, pads, out_shape, relu):
     n, k, p, q = out_shape
+    if n * k == 0 or w[0].size == 0:  # nothing to multiply: an empty output, or (no input channels) the bias
+        out = np.zeros(out_shape, x.dtype)
+        if b is not None:
+            out += b[:, None, None]
+        return np.maximum(out, 0, out=out) if relu else out
+    x, stride, pads, _ = _compact(x, w.shape[2], w.shape[3], stride, pads, (p, q))
     out = np.empty(out_shape, x.dtype)
     for n0, n1, y in _correlate(_planes(x, pads, stride[0]), w, stride, p, q):
         if b is not None:  # the epilogue runs on the contiguous chunk, then one transposing copy
@@ -181,7 +234,12 @@ def _data_grad(dy, x_shape, w, stride, pads):
 @register("conv2d_backward", B)
 def conv2d_backward(dy, x, w, stride, pads, input_grad=True, relu_mask=False):
     db = dy.sum(axis=(0, 2, 3))
-    dx = _data_grad(dy, x.shape, w, stride, pads) if input_grad else None
-    if relu_mask and dx is not None:
-        dx[x <= 0] = 0
-    return dx, _weight_grad(dy, x, w, stride, pads), db
+    if dy.size == 0 or x.size == 0 or w.size == 0:  # no batch, channels or filters: zero gradients but db
+        return (np.zeros(x.shape, dy.dtype) if input_grad else None), np.zeros(w.shape, dy.dtype), db
+    xc, stride, pads, sources = _compact(x, w.shape[2], w.shape[3], stride, pads, dy.shape[2:])
+    dx = None
+    if input_grad:
+        dx = _scatter_back(_data_grad(dy, xc.shape, w, stride, pads), x.shape, sources)
+        if relu_mask:
+            dx[x <= 0] = 0
+    return dx, _weight_grad(dy, xc, w, stride, pads), db

@@ -10,14 +10,17 @@ B = "numpy"
 
 # --------------------------------------------------------------------------- elementwise
 
+# (np.asarray: a 0-d input gives a 0-d array, not a NumPy scalar)
+
 @register("relu", B)
 def relu(x):
-    return np.maximum(x, 0)
+    return np.asarray(np.maximum(x, 0))  # NaN passes through, as torch.relu
 
 
 @register("relu_backward", B)
 def relu_backward(dy, x):
-    return dy * (x > 0)
+    """0 where x <= 0, else dy: PyTorch's threshold_backward (a NaN x passes dy; inf * 0 never happens)."""
+    return np.asarray(np.where(x <= 0, dy.dtype.type(0), dy))
 
 
 @register("upsample_nearest2d", B)
@@ -38,7 +41,7 @@ def upsample_nearest2d_backward(dy, scale):
 
 @register("add", B)
 def add(a, b):
-    return a + b
+    return np.asarray(a + b)
 
 
 @register("concat", B)
@@ -57,10 +60,10 @@ def concat_backward(dy, channels):
 @register("dropout", B)
 def dropout(x, p, seed):
     keep = np.random.default_rng(seed).random(x.shape, dtype=x.dtype) >= p
-    mask = keep.astype(x.dtype) / x.dtype.type(1 - p)
-    return x * mask, mask
+    mask = np.asarray(keep.astype(x.dtype) / x.dtype.type(1 - p))
+    return np.asarray(x * mask), mask
 
 
 @register("dropout_backward", B)
 def dropout_backward(dy, mask):
-    return dy * mask
+    return np.asarray(dy * mask)

@@ -24,7 +24,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     if training:
         mean = x.mean(axis=axes)
         var = x.var(axis=axes)
-        m = x.size // x.shape[1]
+        m = x.size // x.shape[1] if x.shape[1] else 0  # no channels: nothing to update
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean

@@ -25,7 +25,8 @@ def _window_view(a, i, j, stride, p, q):
 @register("max_pool2d", B)
 def max_pool2d(x, kernel, stride, out_shape):
     """A running maximum over the kh*kw window offsets (each a strided view), then the flat
-    index h*W+w of the first offset, in row-major window order, that holds the maximum."""
+    index h*W+w of the first offset, in row-major window order, that holds the maximum. A window
+    holding NaN gives NaN (np.maximum propagates it) at its last NaN, as PyTorch's max pooling."""
     _, _, p, q = out_shape
     w = x.shape[3]
     views = [(i * w + j, _window_view(x, i, j, stride, p, q)) for i, j in _window_offsets(kernel)]
@@ -40,6 +41,9 @@ def max_pool2d(x, kernel, stride, out_shape):
         hit &= ~found
         found |= hit
         first += hit * first.dtype.type(k)
+    if np.isnan(y).any():  # no offset equals NaN: those windows take their last NaN's offset
+        for k, (_, v) in enumerate(views):
+            first[np.isnan(v)] = k
     offsets = np.array([off for off, _ in views], np.int64)
     idx = offsets[first]
     idx += np.arange(p)[:, None] * stride[0] * w + np.arange(q)[None, :] * stride[1]
@@ -58,8 +62,14 @@ def max_pool2d_backward(dy, x, kernel, stride, indices):
     if indices is None:
         _, indices = max_pool2d(x, kernel, stride, dy.shape)
     plane = (np.arange(n * c) * (h * w)).reshape(n, c, 1, 1)
-    dx = np.bincount((indices + plane).ravel(), weights=dy.ravel(), minlength=n * c * h * w)
+    dx = np.bincount((indices.astype(np.int64, copy=False) + plane).ravel(), weights=dy.ravel(), minlength=n * c * h * w)
     return dx.astype(x.dtype, copy=False).reshape(x.shape)
+
+
+@register("index_errors", B)
+def index_errors(reset=True):
+    """None: host indices are checked before the backward runs (shapes.check_indices), never recorded."""
+    return None
 
 
 @register("avg_pool2d", B)

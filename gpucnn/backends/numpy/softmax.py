@@ -14,12 +14,16 @@ B = "numpy"
 
 @register("softmax", B)
 def softmax(x, dim):
+    if x.shape[dim] == 0:  # no classes: nothing to reduce (np.max has no identity)
+        return np.empty_like(x)
     e = np.exp(x - x.max(axis=dim, keepdims=True))
     return e / e.sum(axis=dim, keepdims=True)
 
 
 @register("log_softmax", B)
 def log_softmax(x, dim):
+    if x.shape[dim] == 0:
+        return np.empty_like(x)
     shifted = x - x.max(axis=dim, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
 

@@ -347,8 +347,8 @@ def cmd_kernels(args) -> int:
     why = sass.missing()
     _require(why is None, why or "")
     _require(args.batch >= 1, f"--batch must be at least 1, got {args.batch}")
-    rows, gpu = perf.run(args.model, args.batch, args.gpu, tf32=args.tf32, backend=args.backend)
-    print(perf.format_report(rows, gpu, args.model, args.batch, args.tf32, args.backend))
+    rows, gpu = perf.run(args.model, args.batch, args.gpu, tf32=args.tf32, backend=args.backend, graph=args.graph)
+    print(perf.format_report(rows, gpu, args.model, args.batch, args.tf32, args.backend, args.graph))
     return 0
 
 
@@ -452,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backend whose kernels are modelled: cupy (kernels/*.cu through nvcc) or numba (its "
                         "@cuda.jit kernels through numba-cuda's NVVM and ptxas; FP32 only)")
     k.add_argument("--tf32", action="store_true", help="GEMMs on TF32 tensor cores (gpucnn.config.allow_tf32)")
+    k.add_argument("--graph", action="store_true", help="the step's launches as the kernel nodes of a replayed CUDA "
+                                                        "graph (as fit runs it) instead of eager launches")
     k.set_defaults(func=cmd_kernels)
     return p
 

@@ -122,7 +122,8 @@ def test_report_last_line_and_determinism():
     rows2, _ = perf.run("mnist_cnn", 16, "h200")
     assert perf.format_report(rows2, gpu, "mnist_cnn", 16, False) == text
     for r in rows:
-        assert r.predicted_us == max(r.issue_us, r.memory_us) > 0
+        assert r.predicted_us == max(r.bounds().values()) == r.bounds()[r.bound] > 0
+        assert r.predicted_us >= gpu.launch_eager_us and r.bound in perf.model.BOUNDS
         assert r.occ.blocks >= 1 and r.res.spill_stores == 0
     gemm = [r for r in rows if r.launch.gemm]
     assert gemm and all(r.kernel.mix["FFMA"] > 0 and 0 < r.peak_pct < 100 for r in gemm)
@@ -264,3 +265,46 @@ def test_numba_recording_failure_without_nvvm_is_one_actionable_line(monkeypatch
     assert message.startswith("gpucnn: error: gpucnn kernels --backend numba needs NVVM"), message
     assert "libNVVM cannot be found" in message and "nvidia-cuda-nvcc" in message and "\n" not in message
     assert capsys.readouterr().out == ""
+
+
+# --------------------------------------------------------------------------- the honest ruler (issue 19)
+
+def test_issue_is_counted_per_warp_scheduler():
+    """A warp is pinned to one of its SM's 4 schedulers: 2 one-warp CTAs an SM leave 2 schedulers idle, so the
+    busiest runs 1 warp (half the SM's issue rate for the work), never a quarter of 2 warps' instructions."""
+    from gpucnn.backends.cupy._runtime import scheduler_warps
+    assert scheduler_warps(2 * 132, 1, 132) == 1       # 2 warps an SM: 1 on the busiest scheduler
+    assert scheduler_warps(8 * 132, 1, 132) == 2
+    assert scheduler_warps(132, 4, 132) == 1           # a 4-warp CTA an SM: one warp a scheduler
+    assert scheduler_warps(133, 8, 132) == 4           # the SM with 2 CTAs: 16 warps over 4 schedulers
+    assert scheduler_warps(1, 1, 132) == 1
+
+
+def test_gemm_plans_give_every_scheduler_a_warp():
+    """The planner's fill test counts warps, not CTAs: the cifar10_vgg weight gradients that took one-warp
+    64x32 tiles leaving 2 warps an SM (260 CTAs on 132 SMs) now give every scheduler at least one warp."""
+    from gpucnn.backends.cupy import _runtime as rt
+    real = rt.sm_count
+    rt.sm_count = lambda: 132
+    try:
+        # conv2d_1 and conv2d_2 weight gradients (M = C R S, N = K, K = N P Q), conv2d_4's data gradient
+        for m, n, k in ((9 * 32, 32, 128 * 32 * 32), (9 * 32, 64, 128 * 16 * 16), (128 * 8 * 8, 64, 9 * 128)):
+            bm, bn, splits, per = rt.gemm_plan(m, n, k)
+            warps = rt.ceil_div(m, bm) * rt.ceil_div(n, bn) * splits * rt.GEMM_THREADS[(bm, bn)] // 32
+            assert warps >= 4 * 132, (m, n, k, bm, bn, splits, warps)
+    finally:
+        rt.sm_count = real
+
+
+@needs_tools
+@pytest.mark.parametrize("model,tf32", [("cifar10_vgg", False), ("cifar10_vgg", True), ("mnist_cnn", False),
+                                        ("mnist_cnn", True)])
+def test_no_launch_is_faster_than_its_busiest_scheduler(model, tf32):
+    """Issue 19's floor, for every launch of the steps (batch 128, H200): predicted time >= the warps on the
+    busiest scheduler x one warp's instructions / clock, and >= the launch floor."""
+    rows, gpu = perf.run(model, 128, "h200", tf32=tf32)
+    for r in rows:
+        clocks = r.predicted_us * 1e-6 * gpu.hz
+        assert clocks >= r.scheduler_warps * r.warp_instructions * (1 - 1e-9), (r.launch.kernel, r.launch.grid)
+        assert r.predicted_us >= gpu.launch_eager_us
+        assert r.predicted_us >= (r.shared_us or 0.0)

@@ -37,7 +37,7 @@ def test_predict_call_is_the_sum_of_its_rows():
     rows, total = perf.predict_call(call, "h200", prepare=prepare)
     assert [r.launch.kernel for r in rows] == [la.kernel for la in perf.record_call(call, 132, prepare=prepare)]
     assert total == pytest.approx(sum(r.predicted_us for r in rows)) and total > 0
-    assert all(r.predicted_us == max(r.issue_us, r.memory_us) for r in rows)
+    assert all(r.predicted_us == max(r.bounds().values()) for r in rows)
     a100, _ = perf.predict_call(call, "a100", prepare=prepare)
     assert a100[-1].occ is not None and sum(r.predicted_us for r in a100) > total   # a slower GPU, modelled
     with pytest.raises(ValueError, match="unknown GPU"):

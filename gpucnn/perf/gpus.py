@@ -16,6 +16,25 @@ Sources (each figure below names its own):
          registers allocated per warp in units of 256, per sub-partition (4 per SM); shared memory
          allocated in units of 128 bytes plus reservedSharedMemPerBlock (1,024 bytes, cc >= 8.0); with the
          default carveout the whole sharedMemPerMultiprocessor is offered.
+  [SCHED] Hopper and Ampere whitepapers: an SM has four partitions, each with its own warp scheduler issuing
+         one warp instruction a clock; a warp stays on its partition's scheduler.
+  [SMEM] NVIDIA Developer Forums, "Unexpected shared memory bank conflict" (2019, NVIDIA's answer): the L1 /
+         shared memory return bandwidth is 128 bytes a cycle; one wavefront (a set of bank accesses without
+         conflict) a clock an SM. 32 banks of 4 bytes: CUDA C++ Programming Guide, "Shared Memory" (5.x+).
+  [LAT]  W. Luo et al., "Benchmarking and Dissecting the Nvidia Hopper GPU Architecture" (IPDPS 2024,
+         arXiv:2402.13499) and "Dissecting the NVIDIA Hopper Architecture through Microbenchmarking and
+         Multiple Level Analysis" (arXiv:2501.12084): pointer-chasing latencies on GH100 of about 30 cycles
+         for shared memory, about 260 for an L2 hit and about 480 for a load served by DRAM (A100: similar).
+         The barrier's cost is an estimate of ours (a __syncthreads with every warp already there: tens of
+         cycles).
+  [LAUNCH] meta-pytorch/tritonbench pull request 1017 (2026): a raw cuLaunchKernel costs about 3.0 us of host
+         time a launch (GB200), the floor of an eager launch stream; ahrefs/ocannl issue 488 (2026): a
+         replayed CUDA graph costs about 0.58 us a kernel node (plus about 15 us a replay).
+  [CLOCK] /work/.library/device/KINDS.md (this workplace's H200, 2026-10-28): the SM clock read 1980 MHz right
+         after minutes of 8192^3 BF16 matrix products, so the sustained clock is taken as the boost clock;
+         benchmarks/gpu_proof.sh logs nvidia-smi's clocks to check it under FP32 load.
+Every figure of [LAT], [LAUNCH] and [CLOCK] is an estimate to calibrate the first time a GPU is lent
+(`gpucnn kernels --compare` against Nsight Compute's durations).
 """
 from __future__ import annotations
 
@@ -43,11 +62,24 @@ class GPU:
     smem_unit: int = 128              # [OCC] cudaOccSMemAllocationGranularity (8.x, 9.0)
     sub_partitions: int = 4           # [OCC] cudaOccSubPartitionsPerMultiprocessor; also 4 warp schedulers/SM
     warp_size: int = 32
+    sustained_ghz: float | None = None   # [CLOCK] the clock under sustained load (None: clock_ghz)
+    smem_bytes_per_clock: int = 128   # [SMEM] one shared-memory wavefront a clock an SM
+    shared_latency: int = 30          # clocks [LAT]
+    l2_latency: int = 260             # clocks [LAT]
+    dram_latency: int = 480           # clocks [LAT]
+    barrier_latency: int = 20         # clocks [LAT] (our estimate)
+    launch_eager_us: float = 3.0      # [LAUNCH] a kernel launched from the host, one after another
+    launch_graph_us: float = 0.6      # [LAUNCH] a kernel node of a replayed CUDA graph
 
     @property
     def issue_per_clock(self) -> int:
-        """Warp instructions an SM can issue per clock: 4 schedulers x 1 ([H100]/[A100] whitepapers)."""
+        """Warp instructions an SM can issue per clock: 4 schedulers x 1 ([SCHED]); one warp at most 1."""
         return self.sub_partitions
+
+    @property
+    def hz(self) -> float:
+        """The clock the model runs at: the sustained clock ([CLOCK])."""
+        return (self.sustained_ghz or self.clock_ghz) * 1e9
 
 
 GPUS = {

@@ -16,12 +16,21 @@ nvcc for the GPU's architecture with every instance its launcher lists (``sass.b
   the count is static: a main loop with branches inside counts all of its body every trip (the pooling
   kernels' window loops, unrolled for any window with early exits, so their issue-bound time is an upper
   bound; the GEMM main loops have no branches inside but the loop's own);
-* issue-bound time: a warp scheduler issues one instruction per clock and an SM has 4, so the busiest SM,
-  holding ceil(CTAs / SMs) CTAs (wave quantization at the SM), needs ceil(CTAs / SMs) x warp instructions
-  per CTA / 4 clocks;
+* issue-bound time, per warp scheduler: a warp is pinned to one of its SM's 4 schedulers, which issues one
+  instruction a clock, so the busiest SM's ceil(CTAs / SMs) CTAs (wave quantization at the SM) spread their
+  warps over 4 schedulers and the busiest scheduler needs ceil(those warps / 4) x one warp's instructions
+  clocks (`_runtime.scheduler_warps`, the GEMM planner's rule too): an SM holding 2 warps issues at half rate;
+* shared-pipe time: one shared-memory wavefront a clock an SM (`shared` below, when counted);
 * memory-bound time: compulsory bytes (every array argument read or written once) / HBM bandwidth;
-* predicted time: the larger of the two (no launch overhead, no latency, no caches: a floor, not a
-  measurement); % of peak: the GEMM's 2 M N K FLOP over its predicted time, against the FP32 (FFMA)
+* latency-bound time: the busiest SM runs its CTAs in ceil(CTAs an SM / resident CTAs) rounds; in each, a
+  GEMM's K step cannot finish before the next step's global loads land (two stages: a load latency a step,
+  an L2 hit's, as the operand tiles are re-read by the other tiles and filter taps) plus a barrier and a
+  shared load, a direct convolution's trip before a shared load, any other kernel's trip before its global
+  load from DRAM (gpus [LAT]);
+* launch floor: a launch takes at least the launch cost of an eager launch stream, or of a kernel node of a
+  CUDA graph (`graph=True`) (gpus [LAUNCH]);
+* predicted time: the largest of these, named in the row's `bound` (no caches, the sustained clock: a model,
+  not a measurement); % of peak: the GEMM's 2 M N K FLOP over its predicted time, against the FP32 (FFMA)
   or the dense TF32 tensor-core peak.
 
 The Numba backend (``backend="numba"``, ``numba_side``): its launches recorded in a child process, each
@@ -42,6 +51,9 @@ from .launches import Launch, record_step
 MIX = ("FFMA", "HMMA", "LDS", "STS", "LDG", "STG", "ALU", "BAR")
 
 
+BOUNDS = ("issue", "shared", "memory", "latency", "launch")
+
+
 @dataclass
 class Row:
     launch: Launch
@@ -51,10 +63,19 @@ class Row:
     waves: float
     trips: int
     warp_instructions: int      # per warp, the whole launch of one CTA's warp
+    scheduler_warps: int        # warps the busiest warp scheduler runs over the launch
     issue_us: float
     memory_us: float
+    latency_us: float
+    launch_us: float
     predicted_us: float
     peak_pct: float | None
+    shared_us: float | None = None   # the shared pipe's time from counted wavefronts (None: not counted)
+    bound: str = "issue"             # which of BOUNDS gives predicted_us
+
+    def bounds(self) -> dict:
+        return {"issue": self.issue_us, "shared": self.shared_us or 0.0, "memory": self.memory_us,
+                "latency": self.latency_us, "launch": self.launch_us}
 
 
 def family_names(family: str) -> list[str]:
@@ -90,9 +111,30 @@ def _trips(launch: Launch, kernel: sass.Kernel) -> int:
     return max(1, math.ceil(words / max(kernel.global_words, 1)))
 
 
-def analyze(launches: list[Launch], gpu: gpus.GPU, tf32: bool, compiled: dict) -> list[Row]:
+def _latency_clocks(launch: Launch, trips: int, rounds: int, gpu: gpus.GPU) -> int:
+    """Clocks the busiest SM cannot go below for want of independent work (gpus [LAT]): `rounds` rounds of
+    resident CTAs, each walking its main loop trip by trip."""
+    gemm = launch.gemm or {}
+    if "ksteps" in gemm:  # double-buffered: step k+1's loads (mostly L2 hits) in flight during step k, a barrier
+        return rounds * gemm["ksteps"] * (gpu.l2_latency + gpu.barrier_latency + gpu.shared_latency)
+    if gemm:  # a direct convolution: its tiles staged in shared memory, read trip by trip
+        return rounds * trips * gpu.shared_latency
+    return rounds * max(trips, 1) * gpu.dram_latency
+
+
+def finish(row: Row) -> Row:
+    """predicted_us and bound from the row's bounds (called again when the shared pipe's time is added)."""
+    bounds = row.bounds()
+    row.bound = max(BOUNDS, key=lambda b: (bounds[b], -BOUNDS.index(b)))
+    row.predicted_us = bounds[row.bound]
+    return row
+
+
+def analyze(launches: list[Launch], gpu: gpus.GPU, tf32: bool, compiled: dict, graph: bool = False) -> list[Row]:
+    """Model every launch on `gpu`; `graph`: the launches are kernel nodes of a replayed CUDA graph."""
+    from ..backends.cupy._runtime import scheduler_warps
     rows = []
-    clock_hz = gpu.clock_ghz * 1e9
+    clock_hz = gpu.hz
     peak = (gpu.tf32_tflops if tf32 else gpu.fp32_tflops) * 1e12
     for launch in launches:
         res_by_symbol, code_by_symbol = compiled[launch.family][:2]
@@ -106,18 +148,23 @@ def analyze(launches: list[Launch], gpu: gpus.GPU, tf32: bool, compiled: dict) -
         waves = launch.ctas / (gpu.sms * max(occ.blocks, 1))
         trips = _trips(launch, kernel)
         per_warp = kernel.loop_instructions * trips + kernel.outside
-        per_cta = per_warp * math.ceil(launch.threads / 32)
-        issue = math.ceil(launch.ctas / gpu.sms) * per_cta / gpu.issue_per_clock / clock_hz * 1e6
+        sched = scheduler_warps(launch.ctas, math.ceil(launch.threads / 32), gpu.sms)
+        issue = sched * per_warp / clock_hz * 1e6
         memory = launch.bytes / (gpu.bandwidth_gbs * 1e9) * 1e6
-        predicted = max(issue, memory)
-        pct = 100 * launch.flops / (predicted * 1e-6) / peak if launch.gemm else None
-        rows.append(Row(launch, res, kernel, occ, waves, trips, per_warp, issue, memory, predicted, pct))
+        rounds = math.ceil(math.ceil(launch.ctas / gpu.sms) / max(occ.blocks, 1))
+        latency = _latency_clocks(launch, trips, rounds, gpu) / clock_hz * 1e6
+        floor = gpu.launch_graph_us if graph else gpu.launch_eager_us
+        row = finish(Row(launch, res, kernel, occ, waves, trips, per_warp, sched, issue, memory, latency, floor,
+                         0.0, None))
+        row.peak_pct = 100 * launch.flops / (row.predicted_us * 1e-6) / peak if launch.gemm else None
+        rows.append(row)
     return rows
 
 
 def run(model: str = "cifar10_vgg", batch: int = 128, gpu: str = "h200", tf32: bool = False,
-        backend: str = "cupy") -> tuple[list[Row], gpus.GPU]:
-    """Record the step's launches, compile what they use, and model every launch."""
+        backend: str = "cupy", graph: bool = False) -> tuple[list[Row], gpus.GPU]:
+    """Record the step's launches, compile what they use, and model every launch (`graph`: as the kernel
+    nodes of a replayed CUDA graph, as fit runs a captured step, rather than launched one by one)."""
     if gpu not in gpus.GPUS:
         raise ValueError(f"unknown GPU {gpu!r}; choose {', '.join(gpus.GPUS)}")
     if batch < 1:
@@ -133,13 +180,13 @@ def run(model: str = "cifar10_vgg", batch: int = 128, gpu: str = "h200", tf32: b
         raw = numba_side.record_raw(model, batch, spec.sms, numba_side.capability(spec.arch))
         launches = numba_side.to_launches(raw, batch)
         compiled = numba_side.compile_instances(launches, raw, spec.arch)
-        return analyze(launches, spec, tf32, compiled), spec
+        return analyze(launches, spec, tf32, compiled, graph), spec
     why = sass.missing()
     if why:
         raise RuntimeError(why)
     launches = record_step(model, batch, spec.sms, tf32=tf32, backend=backend)
     compiled = compile_families({launch.family for launch in launches}, spec.arch)
-    return analyze(launches, spec, tf32, compiled), spec
+    return analyze(launches, spec, tf32, compiled, graph), spec
 
 
 def totals(rows: list[Row], gpu: gpus.GPU, tf32: bool) -> tuple[float, float]:
@@ -156,23 +203,30 @@ def _us(v: float) -> str:
     return f"{v:.2f}" if v < 100 else f"{v:.1f}"
 
 
-def format_report(rows: list[Row], gpu: gpus.GPU, model: str, batch: int, tf32: bool, backend: str = "cupy") -> str:
+def format_report(rows: list[Row], gpu: gpus.GPU, model: str, batch: int, tf32: bool, backend: str = "cupy",
+                  graph: bool = False) -> str:
     mode = "TF32" if tf32 else "FP32"
     peak = gpu.tf32_tflops if tf32 else gpu.fp32_tflops
+    floor = (f"CUDA-graph kernel nodes ({gpu.launch_graph_us:g} us a launch)" if graph else
+             f"eager launches ({gpu.launch_eager_us:g} us a launch)")
     lines = [
         f"gpucnn kernels: {model} training step, batch {batch}, backend {backend}, {gpu.name} ({gpu.arch}, "
-        f"{gpu.sms} SMs, {gpu.clock_ghz:.2f} GHz, {mode} peak {peak:g} TFLOPS, {gpu.bandwidth_gbs / 1000:g} TB/s)",
+        f"{gpu.sms} SMs, {gpu.hz / 1e9:.2f} GHz, {mode} peak {peak:g} TFLOPS, {gpu.bandwidth_gbs / 1000:g} TB/s), "
+        f"{floor}",
         ("MODEL OUTPUT, NOT A MEASUREMENT: launches as the CuPy launchers choose them (no kernel ran); SASS of nvcc "
          f"-arch={gpu.arch}; " if backend != "numba" else
          "MODEL OUTPUT, NOT A MEASUREMENT: launches as the Numba launchers choose them (no kernel ran); SASS of "
          f"numba-cuda's PTX (NVVM) through ptxas -arch={gpu.arch}; ")
-        + "occupancy by the occupancy calculator's rules; time = max(issue-bound, memory-bound).",
+        + "occupancy by the occupancy calculator's rules; time = the largest of the issue (busiest warp "
+        "scheduler), shared-pipe, memory, latency and launch bounds.",
         "columns: grid; regs/thread; static smem B; spill B (stores+loads); CTAs/SM, warps/SM (limit); waves; "
-        "main-loop mix per trip and trips (model); issue, memory, predicted us (model); % of peak (model, GEMMs)",
+        "main-loop mix per trip and trips; warps on the busiest scheduler; issue, shared, memory, latency, "
+        "predicted us and the bound that gives it; % of peak (GEMMs). Every figure a model.",
     ]
     header = (f"{'layer':13s} {'direction':19s} {'kernel':36s} {'grid':>14s} {'reg':>4s} {'smem':>6s} {'spill':>5s} "
               f"{'CTA/SM':>6s} {'warp/SM':>7s} {'waves':>6s}  {'FFMA HMMA LDS STS LDG STG  ALU BAR':35s} {'FFMA%':>5s} "
-              f"{'trips':>5s} {'issue':>8s} {'memory':>8s} {'pred':>8s} {'%peak':>6s}")
+              f"{'trips':>5s} {'w/sch':>5s} {'issue':>8s} {'shared':>8s} {'memory':>8s} {'latency':>8s} {'pred':>8s} "
+              f"{'bound':>7s} {'%peak':>6s}")
     lines += [header, "-" * len(header)]
     for r in rows:
         la, mix = r.launch, r.kernel.mix
@@ -184,8 +238,9 @@ def format_report(rows: list[Row], gpu: gpus.GPU, model: str, batch: int, tf32: 
         spill = r.res.spill_stores + r.res.spill_loads
         lines.append(f"{la.layer[:13]:13s} {la.direction[:19]:19s} {la.kernel[:36]:36s} {grid:>14s} "
                      f"{r.res.registers:4d} {r.res.shared:6d} {spill:5d} {r.occ.blocks:6d} {r.occ.warps:7d} "
-                     f"{r.waves:6.2f}  {mix_text:35s} {share} {r.trips:5d} {_us(r.issue_us):>8s} "
-                     f"{_us(r.memory_us):>8s} {_us(r.predicted_us):>8s} {pct}")
+                     f"{r.waves:6.2f}  {mix_text:35s} {share} {r.trips:5d} {r.scheduler_warps:5d} "
+                     f"{_us(r.issue_us):>8s} {'-' if r.shared_us is None else _us(r.shared_us):>8s} "
+                     f"{_us(r.memory_us):>8s} {_us(r.latency_us):>8s} {_us(r.predicted_us):>8s} {r.bound:>7s} {pct}")
     gemms = [r for r in rows if r.launch.gemm and r.kernel.loop_instructions]
     if gemms:
         shares = [r.kernel.mix["FFMA"] / r.kernel.loop_instructions for r in gemms if r.kernel.mix["FFMA"]]
@@ -199,6 +254,9 @@ def format_report(rows: list[Row], gpu: gpus.GPU, model: str, batch: int, tf32: 
         memory = sum(r.memory_us for r in gemms)
         lines.append(f"GEMMs (model): {len(gemms)} launches, {sum(r.launch.flops for r in gemms) / 1e9:.2f} GFLOP, "
                      f"issue-bound {issue:.1f} us, memory-bound {memory:.1f} us")
+    by_bound = {b: [r for r in rows if r.bound == b] for b in BOUNDS}
+    lines.append("bounds (model): " + ", ".join(f"{b} {len(rs)} launches {sum(r.predicted_us for r in rs):.1f} us"
+                                                for b, rs in by_bound.items() if rs))
     step_ms, pct = totals(rows, gpu, tf32)
     lines.append(f"{model} training step, batch {batch}, {gpu.name} {mode} (model): {step_ms:.3f} ms, "
                  f"GEMMs at {pct:.1f}% of peak")

@@ -323,8 +323,17 @@ _LAUNCH = 2e-6          # seconds one more kernel launch costs (the split-K redu
 MAX_SPLITS = 256
 
 
-FILL_SLACK = 1.15     # a plan that leaves SMs idle loses to one that fills them unless 15% cheaper
+FILL_SLACK = 1.15     # a plan that leaves schedulers idle loses to one that fills them unless 15% cheaper
 SMALL = 5e-6          # seconds: below this a GEMM need not fill the GPU
+SCHEDULERS = 4        # warp schedulers an SM has (sm_80, sm_90); a warp is pinned to one of them
+
+
+def scheduler_warps(ctas: int, warps_per_cta: int, sms: int) -> int:
+    """The warps the busiest warp scheduler runs over a launch of `ctas` CTAs on `sms` SMs: its busiest SM
+    takes ceil(CTAs / SMs) of them, whose warps spread over the SM's schedulers. A scheduler issues one
+    instruction of one of its own warps a clock, so an SM holding 2 warps reaches at most half its peak
+    (the static model, gpucnn.perf.model, prices every launch so; this planner prices GEMMs so)."""
+    return ceil_div(ceil_div(ctas, sms) * warps_per_cta, SCHEDULERS)
 
 
 def gemm_plan(m: int, n: int, k: int, tiles=GEMM_TILES, split: bool = True, min_steps: int = 2
@@ -332,19 +341,21 @@ def gemm_plan(m: int, n: int, k: int, tiles=GEMM_TILES, split: bool = True, min_
     """(BM, BN, splits, K steps per split) for a GEMM of M x N x K on this device.
 
     Every tile and split count is priced by what decides a GEMM's time on a GPU: the CTAs are spread
-    over the SMs in waves, so the busiest SM does ceil(CTAs / SMs) tiles' work (at the tile's main-loop
-    efficiency), plus for a split the partials written, read and reduced and one more launch. The
-    cheapest wins, except that a plan with fewer CTAs than SMs (idle SMs, and one CTA an SM hides no
-    latency) gives way to the cheapest plan that fills them if that costs at most FILL_SLACK more and
-    the GEMM is not tiny. So small grids are split over K (forward and data gradient too), wide
-    problems take the wide tiles, small M or N the narrow ones. Splits keep >= `min_steps` K steps
-    each; the result depends on the shape and the SM count alone (deterministic)."""
+    over the SMs in waves and their warps over each SM's four schedulers, so the busiest scheduler runs
+    `scheduler_warps` warps, each doing its share of a tile's work at the tile's main-loop efficiency;
+    a split adds the partials written, read and reduced and one more launch. The cheapest wins, except
+    that a plan leaving a scheduler without a warp (fewer warps than 4 x SMs: one warp an SM hides no
+    latency) gives way to the cheapest plan that gives every scheduler one if that costs at most
+    FILL_SLACK more and the GEMM is not tiny. So small grids are split over K (forward and data gradient
+    too), wide problems take the wide tiles, small M or N the narrow ones. Splits keep >= `min_steps` K
+    steps each; the result depends on the shape and the SM count alone (deterministic)."""
     sms = sm_count()
     steps = max(1, ceil_div(k, GEMM_BK))  # K = 0: one empty step (C = 0, then the epilogue)
     plans = []
     for bm, bn in tiles:
         tiles_mn = ceil_div(m, bm) * ceil_div(n, bn)
         eff = GEMM_EFFICIENCY[(bm, bn)]
+        warps = GEMM_THREADS[(bm, bn)] // 32
         most = min(MAX_SPLITS, max(1, steps // min_steps)) if split else 1
         for want in range(1, most + 1):
             per = ceil_div(steps, want)
@@ -352,13 +363,14 @@ def gemm_plan(m: int, n: int, k: int, tiles=GEMM_TILES, split: bool = True, min_
             if splits != want:
                 continue
             ctas = tiles_mn * splits
-            cost = ceil_div(ctas, sms) * 2 * bm * bn * per * GEMM_BK / (eff * _SM_FLOPS)
+            warp_flops = 2 * bm * bn * per * GEMM_BK / warps
+            cost = scheduler_warps(ctas, warps, sms) * warp_flops / (eff * _SM_FLOPS / SCHEDULERS)
             if splits > 1:
                 cost += (2 * splits + 1) * m * n * 4 / _BANDWIDTH + _LAUNCH
-            plans.append(((cost, splits, -bm * bn), ctas, (bm, bn, splits, per)))
+            plans.append(((cost, splits, -bm * bn), ctas * warps, (bm, bn, splits, per)))
     best = min(plans)
-    if best[1] < sms and best[0][0] >= SMALL:
-        filling = [p for p in plans if p[1] >= sms and p[0][0] <= FILL_SLACK * best[0][0]]
+    if best[1] < SCHEDULERS * sms and best[0][0] >= SMALL:
+        filling = [p for p in plans if p[1] >= SCHEDULERS * sms and p[0][0] <= FILL_SLACK * best[0][0]]
         if filling:
             best = min(filling)
     return best[2]

@@ -30,6 +30,19 @@ typedef unsigned long long uint64_t;
          r##_u < unsigned(rows); r##_u += r##_stride)                                              \
         if (const int r = int(r##_u); true)
 
+// A 16-byte shared-memory load (LDS.128): on a device the plain float4 load. The emulator's wavefront
+// counter (hostemu.h, GPUCNN_HOSTEMU_BANKS) records it as one 16-byte access of its warp, where the host
+// compiler would split a float4 into four 4-byte loads. Every 16-byte shared access goes through it.
+__device__ __forceinline__ float4 lds128(const float* p) {
+#ifdef GPUCNN_HOSTEMU_BANKS
+    float4 v;
+    hostemu::banks::load<4>(p, &v.x);
+    return v;
+#else
+    return *reinterpret_cast<const float4*>(p);
+#endif
+}
+
 // ReLU as PyTorch computes it: 0 where v <= 0, v elsewhere, so NaN passes through (fmaxf(NaN, 0) would
 // give 0); every fused ReLU (GEMM epilogues, the pooling's) and the elementwise kernel use it.
 __device__ __forceinline__ float apply_relu(float v) { return v <= 0.f ? 0.f : v; }

@@ -510,13 +510,13 @@ conv2d_fwd_direct(const float* __restrict__ x, const float* __restrict__ w, cons
         const float* src = seg_at + off;
 #pragma unroll
         for (int j = 0; j < T::SEG; j += 4) {
-            const float4 v = *reinterpret_cast<const float4*>(src + j);
+            const float4 v = lds128(src + j);
             seg[j] = v.x; seg[j + 1] = v.y; seg[j + 2] = v.z; seg[j + 3] = v.w;
         }
 #pragma unroll
         for (int s = 0; s < S; ++s) {
             const float* wp = w_at + (cr * S + s) * Kp;
-            const float4 wa = *reinterpret_cast<const float4*>(wp), wb = *reinterpret_cast<const float4*>(wp + 4);
+            const float4 wa = lds128(wp), wb = lds128(wp + 4);
             const float wk[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
 #pragma unroll
             for (int i = 0; i < PX; ++i)
@@ -594,13 +594,13 @@ conv2d_wgrad_direct(const float* __restrict__ x, const float* __restrict__ dy, f
             const float* src = in + (c * rows + row + r) * TWP + cg * PX;
 #pragma unroll
             for (int i = 0; i < T::SEG; i += 4) {
-                const float4 v = *reinterpret_cast<const float4*>(src + i);
+                const float4 v = lds128(src + i);
                 seg[i] = v.x; seg[i + 1] = v.y; seg[i + 2] = v.z; seg[i + 3] = v.w;
             }
 #pragma unroll
             for (int k = 0; k < 8; ++k) {
                 const float* gp = g_tile + ((g * 8 + k) * TH + row) * TW + cg * PX;
-                const float4 ga = *reinterpret_cast<const float4*>(gp), gb = *reinterpret_cast<const float4*>(gp + 4);
+                const float4 ga = lds128(gp), gb = lds128(gp + 4);
                 const float gv[PX] = {ga.x, ga.y, ga.z, ga.w, gb.x, gb.y, gb.z, gb.w};
 #pragma unroll
                 for (int s = 0; s < S; ++s)

@@ -200,8 +200,8 @@ __device__ __forceinline__ void block_tile(const P& p, int m0, int n0, int kt_be
                 for (int h = 0; h < 2; ++h) {
                     const float* pa = a_s + k * AP + h * (BM / 2) + tx * (TM / 2);
                     const float* pb = b_s + k * BP + h * (BN / 2) + ty * (TN / 2);
-                    const float4 va = *reinterpret_cast<const float4*>(pa);
-                    const float4 vb = *reinterpret_cast<const float4*>(pb);
+                    const float4 va = lds128(pa);
+                    const float4 vb = lds128(pb);
                     a[h * 4] = va.x; a[h * 4 + 1] = va.y; a[h * 4 + 2] = va.z; a[h * 4 + 3] = va.w;
                     b[h * 4] = vb.x; b[h * 4 + 1] = vb.y; b[h * 4 + 2] = vb.z; b[h * 4 + 3] = vb.w;
                 }

@@ -10,6 +10,11 @@
 // by the threads of the running block. Only the subset of CUDA C the kernels use is provided.
 // What this cannot show: timing, occupancy, register spills, races between blocks, real
 // hardware rounding of fused multiply-adds. Those need a GPU (and compute-sanitizer).
+//
+// Built with GPUCNN_HOSTEMU_BANKS defined (and g++'s -fsanitize=thread, which calls a hook on every
+// memory access: gpucnn.perf.banks does both), it also counts the shared-memory wavefronts a GPU needs
+// for every warp-wide shared access (see "Shared-memory wavefronts" below), and can run only the first
+// blocks of a grid.
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -20,6 +25,13 @@
 
 #include <cstdio>
 #include <string>
+#ifdef GPUCNN_HOSTEMU_BANKS
+#include <dlfcn.h>
+#include <link.h>
+
+#include <map>
+#include <unordered_map>
+#endif
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -62,6 +74,9 @@ struct Fiber {
     Wait wait;
     char* stack;
     std::vector<Pending> pending;
+#ifdef GPUCNN_HOSTEMU_BANKS
+    std::unordered_map<uintptr_t, unsigned> seen;  // shared-access site -> times this thread executed it
+#endif
 };
 
 constexpr size_t kStack = 256 * 1024;  // per thread; a guard page below catches overflow
@@ -100,8 +115,210 @@ inline void trampoline() {
     cur->wait = Wait::done;
 }
 
+#ifdef GPUCNN_HOSTEMU_BANKS
+// ---- Shared-memory wavefronts ---------------------------------------------------------------------
+//
+// Every access of a thread to shared memory (a __shared__ array: the library's writable segment, less
+// this header's own state) is recorded with its address, its width and its site (the code address of
+// the access: one per SASS-like instruction, unrolled copies apart). The n-th execution of a site by
+// each lane of a warp is one warp-wide request, as on a GPU where the warp issues it once. A request
+// costs the wavefronts the hardware needs to serve it (one wavefront a clock an SM, 128 bytes), by
+// these rules:
+//  * 32 banks of 4-byte words; lanes touching one word share it (a read broadcasts it, a write stores
+//    one value); different words in one bank take one wavefront each (CUDA C++ Programming Guide,
+//    "Shared Memory", compute capability 5.x and later).
+//  * A request's lanes go in groups of 128 bytes of addresses: all 32 lanes for 1- to 4-byte accesses,
+//    half-warps for 8-byte ones, quarter-warps for 16-byte ones; a group costs the most distinct words
+//    any bank holds among its lanes (1 without a conflict). If every active lane's address equals that
+//    of lane ^ 1 (or of lane ^ 2) wherever both are active, only half the addresses are distinct and
+//    groups are twice as wide: an unpaired LDS.128 takes 4 wavefronts, a paired one 2 (NVIDIA's answer
+//    on the NVIDIA Developer Forums, "Unexpected shared memory bank conflict", 2019, for LDS.128; the
+//    same return path of 128 bytes a clock serves 8-byte accesses, so we apply it there too).
+//  * A cp.async's destination is a write of its width, counted when it is issued.
+// ideal: the groups a request has (its wavefronts without any conflict). The host compiler decides the
+// width of an access, so 16-byte shared accesses go through lds128/sts128 (common.cuh), which record
+// one 16-byte access; the compiler would split a float4 into four 4-byte ones. An access the compiler
+// proves needs no hook (a constant address it keeps in a register) is not seen: the kernels' shared
+// accesses all have thread-dependent addresses.
+namespace banks {
+
+struct Request {
+    uint64_t addr[32];
+    uint32_t mask = 0;
+    unsigned width = 0, kind = 0;
+};
+enum Kind { LOAD, STORE, CP_ASYNC };  // a cp.async's destination: a store, issued by the async unit
+struct Site {
+    unsigned width = 0, kind = 0;
+    uint64_t requests = 0, wavefronts = 0, ideal = 0, lanes = 0;
+};
+
+inline bool recording = false;
+inline bool busy = false;        // inside record/settle: the hooks the standard containers call are ignored
+inline unsigned max_blocks = 0;  // run only the first blocks of a grid (0: all)
+inline uintptr_t seg_lo = 0, seg_hi = 0;
+inline std::map<std::tuple<unsigned, uintptr_t, unsigned>, Request> requests;  // (warp, site, n-th)
+inline std::map<uintptr_t, Site> sites;                                         // by site offset
+
+inline int find_segment(dl_phdr_info* info, size_t, void* self) {
+    for (int i = 0; i < info->dlpi_phnum; ++i) {
+        const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+        const uintptr_t lo = info->dlpi_addr + ph.p_vaddr, hi = lo + ph.p_memsz;
+        if (ph.p_type == PT_LOAD && uintptr_t(self) >= info->dlpi_addr && (ph.p_flags & PF_W) &&
+            uintptr_t(&seg_lo) >= lo && uintptr_t(&seg_lo) < hi) {
+            seg_lo = lo;
+            seg_hi = hi;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+// This header's own variables live in the same segment: kernel code reads some (threadIdx, blockIdx...).
+__attribute__((no_sanitize_thread)) inline bool internal(uintptr_t a) {
+    auto in = [a](const void* p, size_t n) { return a >= uintptr_t(p) && a < uintptr_t(p) + n; };
+    return in(&sched, sizeof sched) || in(&cur, sizeof cur) || in(&block_idx, sizeof block_idx) ||
+           in(&block_dim, sizeof block_dim) || in(&grid_dim, sizeof grid_dim) || in(&error, sizeof error) ||
+           in(&exchange, sizeof exchange) || in(&body, sizeof body) || in(&body_arg, sizeof body_arg) ||
+           in(&recording, sizeof recording) || in(&busy, sizeof busy) || in(&max_blocks, sizeof max_blocks) ||
+           in(&seg_lo, sizeof seg_lo) || in(&seg_hi, sizeof seg_hi) ||
+           in(&requests, sizeof requests) || in(&sites, sizeof sites);
+}
+
+__attribute__((no_sanitize_thread)) inline void record(uintptr_t site, const void* p, unsigned width, unsigned kind) {
+    const uintptr_t a = uintptr_t(p);
+    if (!recording || busy || cur == nullptr || a < seg_lo || a >= seg_hi || internal(a)) return;
+    busy = true;
+    Dl_info info;
+    const uintptr_t base = dladdr(reinterpret_cast<void*>(site), &info) ? uintptr_t(info.dli_fbase) : 0;
+    const uintptr_t key = site - base;
+    Request& r = requests[{cur->warp, key, cur->seen[key]++}];
+    r.addr[cur->lane] = a;
+    r.mask |= 1u << cur->lane;
+    r.width = width;
+    r.kind = kind;
+    busy = false;
+}
+
+// (wavefronts, ideal) of one request, by the rules above.
+__attribute__((no_sanitize_thread)) inline std::pair<unsigned, unsigned> cost(const Request& r) {
+    const unsigned w = r.width < 4 ? 4 : r.width, words = w / 4;
+    unsigned group = w <= 4 ? 32 : 128 / w;
+    if (w > 4) {
+        for (unsigned step : {1u, 2u}) {
+            bool paired = true;
+            for (unsigned l = 0; l < 32 && paired; ++l)
+                if ((r.mask >> l & 1) && (r.mask >> (l ^ step) & 1) && r.addr[l] != r.addr[l ^ step]) paired = false;
+            if (paired) {
+                group *= 2;
+                break;
+            }
+        }
+    }
+    unsigned wavefronts = 0, ideal = 0;
+    for (unsigned g0 = 0; g0 < 32; g0 += group) {
+        uint64_t seen[32][32 * 4];  // the distinct words each bank holds (a group touches at most 128 words)
+        unsigned count[32] = {}, most = 0;
+        for (unsigned l = g0; l < g0 + group; ++l) {
+            if (!(r.mask >> l & 1)) continue;
+            for (unsigned k = 0; k < words; ++k) {
+                const uint64_t word = r.addr[l] / 4 + k;
+                const unsigned b = unsigned(word % 32);
+                unsigned i = 0;
+                while (i < count[b] && seen[b][i] != word) ++i;
+                if (i == count[b]) seen[b][count[b]++] = word;
+                most = count[b] > most ? count[b] : most;
+            }
+        }
+        if (!most) continue;  // no active lane in the group
+        wavefronts += most;
+        ideal += 1;
+    }
+    return {wavefronts, ideal};
+}
+
+// The block's requests priced and added to their sites (at the end of every block).
+__attribute__((no_sanitize_thread)) inline void settle() {
+    busy = true;
+    for (auto& [key, r] : requests) {
+        const auto [wavefronts, ideal] = cost(r);
+        Site& s = sites[std::get<1>(key)];
+        s.width = r.width;
+        s.kind = r.kind;
+        s.requests += 1;
+        s.wavefronts += wavefronts;
+        s.ideal += ideal;
+        s.lanes += unsigned(__builtin_popcount(r.mask));
+    }
+    requests.clear();
+    busy = false;
+}
+
+template <int N>
+__attribute__((noinline, no_sanitize_thread)) void load(const float* p, float* out) {
+    record(uintptr_t(__builtin_return_address(0)), p, 4 * N, LOAD);
+    memcpy(out, p, 4 * N);
+}
+template <int N>
+__attribute__((noinline, no_sanitize_thread)) void store(float* p, const float* v) {
+    record(uintptr_t(__builtin_return_address(0)), p, 4 * N, STORE);
+    memcpy(p, v, 4 * N);
+}
+}  // namespace banks
+
+extern "C" {
+// The hooks -fsanitize=thread calls (its runtime is not linked: these are the whole of it).
+#define GPUCNN_HOOK(access, kind, n)                                                                         \
+    __attribute__((no_sanitize_thread)) void __tsan_##access##n(void* p) {                                   \
+        banks::record(uintptr_t(__builtin_return_address(0)), p, n, banks::kind);                            \
+    }                                                                                                        \
+    __attribute__((no_sanitize_thread)) void __tsan_unaligned_##access##n(void* p) {                         \
+        banks::record(uintptr_t(__builtin_return_address(0)), p, n, banks::kind);                            \
+    }
+GPUCNN_HOOK(read, LOAD, 1) GPUCNN_HOOK(read, LOAD, 2) GPUCNN_HOOK(read, LOAD, 4) GPUCNN_HOOK(read, LOAD, 8)
+GPUCNN_HOOK(read, LOAD, 16) GPUCNN_HOOK(write, STORE, 1) GPUCNN_HOOK(write, STORE, 2) GPUCNN_HOOK(write, STORE, 4)
+GPUCNN_HOOK(write, STORE, 8) GPUCNN_HOOK(write, STORE, 16)
+#undef GPUCNN_HOOK
+__attribute__((no_sanitize_thread)) void __tsan_read_range(void*, unsigned long) {}
+__attribute__((no_sanitize_thread)) void __tsan_write_range(void*, unsigned long) {}
+__attribute__((no_sanitize_thread)) void __tsan_func_entry(void*) {}
+__attribute__((no_sanitize_thread)) void __tsan_func_exit() {}
+__attribute__((no_sanitize_thread)) void __tsan_init() {}
+__attribute__((no_sanitize_thread)) void __tsan_vptr_update(void*, void*) {}
+__attribute__((no_sanitize_thread)) void __tsan_vptr_read(void*) {}
+
+// gpucnn.perf.banks: start recording (and run only the first `blocks` blocks of each grid, 0: all);
+// then read the sites: their count, and each one's offset in the library, width, kind (banks::Kind),
+// requests, wavefronts, ideal wavefronts and active lanes.
+__attribute__((no_sanitize_thread)) void gpucnn_banks_begin(unsigned blocks) {
+    if (!banks::seg_hi) dl_iterate_phdr(banks::find_segment, reinterpret_cast<void*>(&gpucnn_banks_begin));
+    banks::sites.clear();
+    banks::requests.clear();
+    banks::max_blocks = blocks;
+    banks::recording = true;
+}
+__attribute__((no_sanitize_thread)) int gpucnn_banks_sites() {
+    banks::recording = false;
+    return int(banks::sites.size());
+}
+__attribute__((no_sanitize_thread)) void gpucnn_banks_site(int i, unsigned long long* out) {
+    auto it = banks::sites.begin();
+    std::advance(it, i);
+    const banks::Site& s = it->second;
+    const unsigned long long row[] = {it->first, s.width, s.kind, s.requests, s.wavefronts, s.ideal, s.lanes};
+    memcpy(out, row, sizeof row);
+}
+}
+#endif
+
 // cp.async of n (1 or 4) floats, zero-filled when !valid (src-size 0: the source is not read).
+#ifdef GPUCNN_HOSTEMU_BANKS
+__attribute__((noinline))
+#endif
 inline void cp_async(float* dst, const float* src, int n, bool valid) {
+#ifdef GPUCNN_HOSTEMU_BANKS
+    banks::record(uintptr_t(__builtin_return_address(0)), dst, 4 * unsigned(n), banks::CP_ASYNC);
+#endif
     if (n == 4 && (reinterpret_cast<uintptr_t>(dst) % 16 || (valid && reinterpret_cast<uintptr_t>(src) % 16)))
         fail("misaligned 16-byte cp.async (shared or global address not a multiple of 16)");
     Pending p{dst, {0.f, 0.f, 0.f, 0.f}, n};
@@ -110,6 +327,9 @@ inline void cp_async(float* dst, const float* src, int n, bool valid) {
     cur->pending.push_back(p);
 }
 
+#ifdef GPUCNN_HOSTEMU_BANKS
+__attribute__((no_sanitize_thread))  // the copies land: the shared writes were counted at the issue
+#endif
 inline void cp_async_wait_all() {
     for (const Pending& p : cur->pending)
         for (int i = 0; i < p.n; ++i) p.dst[i] = p.v[i];
@@ -162,9 +382,15 @@ inline int schedule(std::vector<Fiber>& fibers, const unsigned* grid, const unsi
     const unsigned n = unsigned(fibers.size());
     std::vector<unsigned> order;
     const unsigned nwarps = (n + 31) / 32;
+#ifdef GPUCNN_HOSTEMU_BANKS
+    unsigned blocks_run = 0;
+#endif
     for (unsigned bz = 0; bz < grid[2]; ++bz)
         for (unsigned by = 0; by < grid[1]; ++by)
             for (unsigned bx = 0; bx < grid[0]; ++bx) {
+#ifdef GPUCNN_HOSTEMU_BANKS
+                if (banks::recording && banks::max_blocks && blocks_run++ == banks::max_blocks) return 0;
+#endif
                 block_idx = {bx, by, bz};
                 for (unsigned i = 0; i < n; ++i) {
                     Fiber& f = fibers[i];
@@ -172,6 +398,9 @@ inline int schedule(std::vector<Fiber>& fibers, const unsigned* grid, const unsi
                     f.lane = i % 32;
                     f.warp = i / 32;
                     f.wait = Wait::running;
+#ifdef GPUCNN_HOSTEMU_BANKS
+                    f.seen.clear();
+#endif
                     getcontext(&f.ctx);
                     f.ctx.uc_stack.ss_sp = f.stack + kPage;
                     f.ctx.uc_stack.ss_size = kStack;
@@ -210,7 +439,12 @@ inline int schedule(std::vector<Fiber>& fibers, const unsigned* grid, const unsi
                         at_block += f.wait == Wait::block;
                         done += f.wait == Wait::done;
                     }
-                    if (done == n) break;
+                    if (done == n) {
+#ifdef GPUCNN_HOSTEMU_BANKS
+                        banks::settle();
+#endif
+                        break;
+                    }
                     if (at_block + done == n) {
                         if (done) {
                             error = "__syncthreads(): some threads of the block exited while others wait at it";

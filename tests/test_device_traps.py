@@ -200,6 +200,7 @@ STUB = """
 #define __device__
 #define __forceinline__ inline
 struct U3 { unsigned x, y, z; };
+struct alignas(16) float4 { float x, y, z, w; };
 U3 blockIdx, blockDim, gridDim, threadIdx;
 typedef unsigned int uint32_t;
 typedef unsigned long long uint64_t;

@@ -40,6 +40,8 @@ class Launch:
     work: int                    # elements the kernel's main loop covers, over the whole grid
     gemm: dict | None = None     # {"M", "N", "K", "bm", "bn", "ksteps", "bk"}: ksteps = K steps of bk per CTA
     flops: int = 0
+    args: tuple = field(default=(), repr=False, compare=False)  # the arguments as launched (emulated arrays)
+    steps_arg: int | None = None  # index in args of a GEMM's K steps a CTA walks (`per`), where it has one
 
     @property
     def ctas(self) -> int:
@@ -65,13 +67,26 @@ def _is_array(a) -> bool:
     return hasattr(a, "shape") and hasattr(a, "dtype") and getattr(a, "ndim", 0) >= 1
 
 
+def _int_args(args) -> list[int]:
+    """Positions of the integer arguments (a null pointer, np.uint64, is not one)."""
+    return [i for i, a in enumerate(args) if isinstance(a, (np.integer, int)) and not isinstance(a, np.uint64)]
+
+
+def steps_arg(kernel: str, args) -> int | None:
+    """Index in `args` of the K steps per CTA (`per`) of a GEMM kernel of conv.cu / dense.cu, else None."""
+    base = kernel.split("<")[0]
+    if base.endswith("_direct") or not base.startswith(("conv2d_fwd", "conv2d_dgrad", "conv2d_wgrad", "linear_")):
+        return None
+    return _int_args(args)[1 if base in ("conv2d_fwd", "linear_fwd") else 0]  # after the forward's relu flag
+
+
 def _gemm(kernel: str, args, grid=(1, 1, 1)) -> dict | None:
     """M, N, K of a GEMM kernel from its launch arguments (the GEMMs of kernels/conv.cu and dense.cu)."""
     base = kernel.split("<")[0]
     if not base.startswith(("conv2d_fwd", "conv2d_dgrad", "conv2d_wgrad", "linear_fwd", "linear_dgrad",
                             "linear_wgrad")):
         return None
-    ints = [int(a) for a in args if isinstance(a, (np.integer, int)) and not isinstance(a, np.uint64)]
+    ints = [int(args[i]) for i in _int_args(args)]
     if base.endswith("_direct"):
         return _direct(base, int(kernel.split("<")[1].rstrip("> ")), ints, grid)
     bm, bn = (int(v) for v in kernel.split("<")[1].split(",")[:2])
@@ -163,7 +178,7 @@ def _record(state: _State, family: str, name: str, grid, block, args) -> Launch:
     if gemm and name.startswith(("conv2d_wgrad", "linear_wgrad")) and (len(grid) < 3 or grid[2] > 1):
         nbytes = sum(_nbytes(a) for a in arrays)  # inputs plus the split-K workspace it writes
     launch = Launch(layer, direction, family, name, tuple(int(g) for g in grid), tuple(int(b) for b in block),
-                    int(nbytes), int(work), gemm, int(flops))
+                    int(nbytes), int(work), gemm, int(flops), tuple(args), steps_arg(name, args))
     state.raw.append(launch)
     return launch
 

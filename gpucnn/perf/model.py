@@ -72,6 +72,8 @@ class Row:
     peak_pct: float | None
     shared_us: float | None = None   # the shared pipe's time from counted wavefronts (None: not counted)
     bound: str = "issue"             # which of BOUNDS gives predicted_us
+    peak_flops: float = 0.0          # the FP32 or TF32 peak the row's % of peak is against
+    banks: object = None             # the counted shared traffic of its kernel instance (banks.Count), if any
 
     def bounds(self) -> dict:
         return {"issue": self.issue_us, "shared": self.shared_us or 0.0, "memory": self.memory_us,
@@ -127,6 +129,7 @@ def finish(row: Row) -> Row:
     bounds = row.bounds()
     row.bound = max(BOUNDS, key=lambda b: (bounds[b], -BOUNDS.index(b)))
     row.predicted_us = bounds[row.bound]
+    row.peak_pct = 100 * row.launch.flops / (row.predicted_us * 1e-6) / row.peak_flops if row.launch.gemm else None
     return row
 
 
@@ -154,11 +157,30 @@ def analyze(launches: list[Launch], gpu: gpus.GPU, tf32: bool, compiled: dict, g
         rounds = math.ceil(math.ceil(launch.ctas / gpu.sms) / max(occ.blocks, 1))
         latency = _latency_clocks(launch, trips, rounds, gpu) / clock_hz * 1e6
         floor = gpu.launch_graph_us if graph else gpu.launch_eager_us
-        row = finish(Row(launch, res, kernel, occ, waves, trips, per_warp, sched, issue, memory, latency, floor,
-                         0.0, None))
-        row.peak_pct = 100 * launch.flops / (row.predicted_us * 1e-6) / peak if launch.gemm else None
-        rows.append(row)
+        rows.append(finish(Row(launch, res, kernel, occ, waves, trips, per_warp, sched, issue, memory, latency, floor,
+                               0.0, None, peak_flops=peak)))
     return rows
+
+
+def add_shared(rows: list[Row], gpu: gpus.GPU) -> None:
+    """The shared pipe's time of every row from counted wavefronts (``banks``): the busiest SM's ceil(CTAs /
+    SMs) CTAs x a CTA's wavefronts, one wavefront (128 bytes) a clock ([SMEM]). Kernels without static shared
+    memory need none. Each row keeps its instance's count (`banks`) for the report."""
+    from ..backends.cupy import hostemu
+    from . import banks
+    shared = {r.launch.kernel for r in rows if r.res.shared}
+    if hostemu.compiler() is None:  # the counting build needs g++: the shared pipe stays unpriced ("-")
+        return
+    counts = banks.count_step([r.launch for r in rows], needs=lambda la: la.kernel in shared)
+    per_clock = gpu.smem_bytes_per_clock / 128
+    for r in rows:
+        if not r.res.shared:
+            r.shared_us = 0.0
+        elif r.launch.kernel in counts:
+            r.banks = counts[r.launch.kernel]
+            wavefronts = r.banks.per_cta((r.launch.gemm or {}).get("ksteps"))
+            r.shared_us = math.ceil(r.launch.ctas / gpu.sms) * wavefronts / per_clock / gpu.hz * 1e6
+        finish(r)
 
 
 def run(model: str = "cifar10_vgg", batch: int = 128, gpu: str = "h200", tf32: bool = False,
@@ -186,7 +208,9 @@ def run(model: str = "cifar10_vgg", batch: int = 128, gpu: str = "h200", tf32: b
         raise RuntimeError(why)
     launches = record_step(model, batch, spec.sms, tf32=tf32, backend=backend)
     compiled = compile_families({launch.family for launch in launches}, spec.arch)
-    return analyze(launches, spec, tf32, compiled, graph), spec
+    rows = analyze(launches, spec, tf32, compiled, graph)
+    add_shared(rows, spec)
+    return rows, spec
 
 
 def totals(rows: list[Row], gpu: gpus.GPU, tf32: bool) -> tuple[float, float]:
@@ -201,6 +225,25 @@ def totals(rows: list[Row], gpu: gpus.GPU, tf32: bool) -> tuple[float, float]:
 
 def _us(v: float) -> str:
     return f"{v:.2f}" if v < 100 else f"{v:.1f}"
+
+
+def format_shared(rows: list[Row]) -> list[str]:
+    """The counted shared-memory traffic of each instance: wavefronts a K step (or a CTA) against the
+    conflict-free count, and every access site's wavefronts a request (its ideal in brackets)."""
+    counts = {r.launch.kernel: r.banks for r in rows if r.banks is not None}
+    if not counts:
+        return []
+    lines = ["shared memory (model: one CTA of each instance run through the emulator's wavefront counter; "
+             "a site's wavefronts a warp request, conflict-free count in brackets):"]
+    for kernel, c in counts.items():
+        if not c.sites:
+            continue
+        what = (f"a K step {c.per_step:.0f} wavefronts (conflict-free {c.ideal_per_step:.0f})" if c.per_step else
+                f"a CTA {c.fixed:.0f} wavefronts (conflict-free {c.ideal_fixed:.0f})")
+        sites = "; ".join(f"{s.where} {s.instruction} {s.per_request:.2f} ({s.ideal / s.requests:.2f})"
+                          for s in c.sites)
+        lines.append(f"  {kernel}: {what}: {sites}")
+    return lines
 
 
 def format_report(rows: list[Row], gpu: gpus.GPU, model: str, batch: int, tf32: bool, backend: str = "cupy",
@@ -254,6 +297,7 @@ def format_report(rows: list[Row], gpu: gpus.GPU, model: str, batch: int, tf32: 
         memory = sum(r.memory_us for r in gemms)
         lines.append(f"GEMMs (model): {len(gemms)} launches, {sum(r.launch.flops for r in gemms) / 1e9:.2f} GFLOP, "
                      f"issue-bound {issue:.1f} us, memory-bound {memory:.1f} us")
+    lines += format_shared(rows)
     by_bound = {b: [r for r in rows if r.bound == b] for b in BOUNDS}
     lines.append("bounds (model): " + ", ".join(f"{b} {len(rs)} launches {sum(r.predicted_us for r in rs):.1f} us"
                                                 for b, rs in by_bound.items() if rs))

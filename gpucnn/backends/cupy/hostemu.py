@@ -16,6 +16,10 @@ geometry against CUDA's limits, before any thread runs.
 Arrays allocated by ``guarded_empty`` carry canary margins on both sides; after
 every launch the margins of each such array among the arguments are checked,
 so a kernel writing out of bounds fails loudly (a small memcheck).
+
+``Module(..., counting=True)`` builds the wavefront-counting variant (hostemu.h's
+GPUCNN_HOSTEMU_BANKS, every memory access hooked through g++'s -fsanitize=thread
+instrumentation with no sanitizer runtime linked): ``gpucnn.perf.banks`` uses it.
 """
 from __future__ import annotations
 
@@ -59,10 +63,17 @@ class Module:
 
     FLAGS = ("-std=c++20", "-O2", "-fPIC", "-shared", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function",
              "-Wno-unused-variable", "-Wno-unknown-pragmas", "-Werror=return-type")
+    # the counting build: every access hooked; no vectorizer (it would merge 4-byte accesses into wider ones
+    # the GPU code does not make); line tables, so a site can be named (addr2line); hostemu.h's inline
+    # variables not process-unique (GNU unique symbols would make every family's library share one record)
+    COUNTING = ("-DGPUCNN_HOSTEMU_BANKS", "-fsanitize=thread", "-fno-tree-vectorize", "-fno-tree-slp-vectorize", "-g1",
+                "-fno-gnu-unique")
 
-    def __init__(self, source: Path, name_expressions: list[str]):
+    def __init__(self, source: Path, name_expressions: list[str], counting: bool = False):
         self.source = Path(source)
         self.names = list(name_expressions)
+        self.counting = counting
+        flags = self.FLAGS + (self.COUNTING if counting else ())
         cxx = compiler()
         if cxx is None:
             raise EmulationError("GPUCNN_CUPY_EMULATE=1 needs a C++20 compiler (g++) to build the kernels for the CPU")
@@ -76,7 +87,7 @@ class Module:
         for p in _sources(self.source):
             key.update(p.read_bytes())
         key.update(code.encode())
-        key.update(" ".join((cxx,) + self.FLAGS).encode())
+        key.update(" ".join((cxx,) + flags + ("-shared -Bsymbolic",)).encode())
         lib = _cache_dir() / f"{self.source.stem}-{key.hexdigest()[:20]}.so"
         if not lib.exists():
             lib.parent.mkdir(parents=True, exist_ok=True)
@@ -84,13 +95,34 @@ class Module:
                 cpp = Path(tmp) / "entry.cpp"
                 cpp.write_text(code)
                 out = Path(tmp) / lib.name
-                cmd = [cxx, *self.FLAGS, "-include", str(header()), f"-I{self.source.parent}", str(cpp), "-o", str(out)]
-                r = subprocess.run(cmd, capture_output=True, text=True)
-                if r.returncode:
-                    raise EmulationError(f"g++ could not build {self.source.name} for the CPU:\n{r.stderr[-6000:]}")
+                # compiled, then linked without the sanitizer's runtime (hostemu.h defines its hooks), every reference
+        # bound inside the library (-Bsymbolic: each kernel file's hooks and counters are its own)
+                obj = Path(tmp) / "entry.o"
+                for cmd in ([cxx, *flags, "-c", "-include", str(header()), f"-I{self.source.parent}", str(cpp),
+                             "-o", str(obj)],
+                            [cxx, "-shared", "-fPIC", "-Wl,-Bsymbolic", str(obj), "-o", str(out)]):
+                    r = subprocess.run(cmd, capture_output=True, text=True)
+                    if r.returncode:
+                        raise EmulationError(f"g++ could not build {self.source.name} for the CPU:\n{r.stderr[-6000:]}")
                 os.replace(out, lib)  # atomic: parallel test workers may race here
+        self.path = lib
         self._lib = ctypes.CDLL(str(lib))
         self._functions = {}
+
+    def count_begin(self, blocks: int) -> None:
+        """Counting build: record shared accesses from now on, running only the first `blocks` blocks of a grid."""
+        self._lib.gpucnn_banks_begin(ctypes.c_uint(blocks))
+
+    def count_sites(self) -> list[tuple[int, ...]]:
+        """Counting build: stop recording; per site (offset in the library, width, kind: 0 load, 1 store, 2 cp.async,
+        requests, wavefronts, ideal wavefronts, active lanes), as hostemu.h's banks::Site."""
+        n = self._lib.gpucnn_banks_sites()
+        row = (ctypes.c_ulonglong * 7)()
+        out = []
+        for i in range(n):
+            self._lib.gpucnn_banks_site(ctypes.c_int(i), row)
+            out.append(tuple(int(v) for v in row))
+        return out
 
     def get_function(self, name: str) -> "Function":
         if name not in self._functions:

@@ -8,13 +8,22 @@
 // as it might on a GPU. Barriers are strict: a thread that exits while others of its block wait
 // at __syncthreads, or a deadlock, is an error. __shared__ variables are static: one copy, shared
 // by the threads of the running block. Only the subset of CUDA C the kernels use is provided.
-// What this cannot show: timing, occupancy, register spills, races between blocks, real
-// hardware rounding of fused multiply-adds. Those need a GPU (and compute-sanitizer).
+// What this cannot show: timing, occupancy, register spills, real hardware rounding of fused
+// multiply-adds. Those need a GPU (and compute-sanitizer).
 //
-// Built with GPUCNN_HOSTEMU_BANKS defined (and g++'s -fsanitize=thread, which calls a hook on every
-// memory access: gpucnn.perf.banks does both), it also counts the shared-memory wavefronts a GPU needs
-// for every warp-wide shared access (see "Shared-memory wavefronts" below), and can run only the first
-// blocks of a grid.
+// Closer to a device than plain C++ (each mode has a planted bug it catches, tests/test_emulator.py):
+//  * shared memory is poisoned (a NaN pattern) at every block's start, so a read before any write
+//    shows (the library tells the emulator where its __shared__ arrays are: gpucnn_shared_ranges);
+//  * GPUCNN_HOSTEMU_ORDER=shuffle (seed GPUCNN_HOSTEMU_SEED) runs the threads between barriers, and the
+//    blocks of a grid, in a random order, and lands each cp.async at a random moment between its issue
+//    and its wait; "reverse" reverses the threads; "forward" (default) runs everything in order and
+//    lands cp.async at the wait.
+// Built with GPUCNN_HOSTEMU_HOOKS defined (and g++'s -fsanitize=thread, which calls a hook on every
+// memory access of the kernels: hostemu.Module(..., instrumented=True)), it can also
+//  * check every global access of a kernel against the live allocations (gpucnn_check_begin): one
+//    outside all of them is an error naming the kernel, where a GPU would read garbage or fault;
+//  * count the shared-memory wavefronts a GPU needs for every warp-wide shared access (see
+//    "Shared-memory wavefronts" below), running only the first blocks of a grid (gpucnn.perf.banks).
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -23,10 +32,13 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
-#include <cstdio>
-#include <string>
-#ifdef GPUCNN_HOSTEMU_BANKS
 #include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <iterator>
+#include <string>
+#ifdef GPUCNN_HOSTEMU_HOOKS
 #include <link.h>
 
 #include <map>
@@ -74,10 +86,42 @@ struct Fiber {
     Wait wait;
     char* stack;
     std::vector<Pending> pending;
-#ifdef GPUCNN_HOSTEMU_BANKS
+#ifdef GPUCNN_HOSTEMU_HOOKS
     std::unordered_map<uintptr_t, unsigned> seen;  // shared-access site -> times this thread executed it
 #endif
 };
+
+// The library's __shared__ arrays ([lo, hi) addresses, sorted), from its symbol table (hostemu.py reads it
+// with nm: the function-local statics): poisoned at each block's start, and what the counter counts.
+inline std::vector<std::pair<uintptr_t, uintptr_t>> shared_ranges;
+constexpr uint32_t kPoison = 0x7FC0DEADu;  // a quiet NaN: a float read before any write propagates it
+
+inline bool in_ranges(const std::vector<std::pair<uintptr_t, uintptr_t>>& ranges, uintptr_t a) {
+    auto it = std::upper_bound(ranges.begin(), ranges.end(), std::make_pair(a, ~uintptr_t(0)));
+    return it != ranges.begin() && a < std::prev(it)->second;
+}
+
+inline void poison_shared() {
+    for (auto [lo, hi] : shared_ranges)
+        for (uintptr_t a = lo; a + 4 <= hi; a += 4) memcpy(reinterpret_cast<void*>(a), &kPoison, 4);
+}
+
+// GPUCNN_HOSTEMU_ORDER=shuffle: the random source of every shuffled choice (threads, blocks, cp.async).
+inline bool shuffled() {
+    const char* mode = getenv("GPUCNN_HOSTEMU_ORDER");
+    return mode && !strcmp(mode, "shuffle");
+}
+inline uint64_t order_state = 0;
+inline uint64_t random_bits() {  // xorshift64, seeded by GPUCNN_HOSTEMU_SEED
+    if (order_state == 0) {
+        const char* seed = getenv("GPUCNN_HOSTEMU_SEED");
+        order_state = (seed ? strtoull(seed, nullptr, 10) : 1) * 0x9E3779B97F4A7C15ull + 1;
+    }
+    order_state ^= order_state << 13;
+    order_state ^= order_state >> 7;
+    order_state ^= order_state << 17;
+    return order_state;
+}
 
 constexpr size_t kStack = 256 * 1024;  // per thread; a guard page below catches overflow
 constexpr size_t kPage = 4096;
@@ -91,16 +135,47 @@ inline std::vector<uint64_t> exchange;  // [warp][lane][kSlotWords]
 inline void (*body)(void*) = nullptr;
 inline void* body_arg = nullptr;
 
+#ifdef GPUCNN_HOSTEMU_HOOKS
+// True while a fiber runs kernel code: the hooks ignore this runtime's own accesses (each of its functions
+// a kernel calls opens a Runtime scope) and the scheduler's.
+inline bool in_kernel = false;
+struct Runtime {
+    bool was;
+    __attribute__((no_sanitize_thread)) Runtime() : was(in_kernel) { in_kernel = false; }
+    __attribute__((no_sanitize_thread)) ~Runtime() { in_kernel = was; }
+};
+#define HOSTEMU_RUNTIME ::hostemu::Runtime hostemu_runtime_scope
+#else
+#define HOSTEMU_RUNTIME
+#endif
+
 inline uint64_t* slot(unsigned warp, unsigned lane) {
     return &exchange[(size_t(warp) * 32 + lane) * kSlotWords];
 }
 
+inline void land(const Pending& p) {
+    for (int i = 0; i < p.n; ++i) p.dst[i] = p.v[i];
+}
+
 inline void suspend(Wait w) {
+    HOSTEMU_RUNTIME;
+    if (shuffled()) {  // the thread's copies in flight may land at any moment before its wait: now, or later
+        auto& pending = cur->pending;
+        for (size_t i = 0; i < pending.size();) {
+            if (random_bits() & 1) {
+                land(pending[i]);
+                pending.erase(pending.begin() + long(i));
+            } else {
+                ++i;
+            }
+        }
+    }
     cur->wait = w;
     swapcontext(&cur->ctx, &sched);
 }
 
 inline void fail(const std::string& msg) {
+    HOSTEMU_RUNTIME;
     if (error.empty()) error = msg;
     suspend(Wait::failed);  // never resumed
 }
@@ -111,15 +186,16 @@ inline void full_mask(unsigned mask, const char* what) {
 
 inline void trampoline() {
     body(body_arg);
+    HOSTEMU_RUNTIME;
     if (!cur->pending.empty()) fail("a thread exited with cp.async copies it never waited for");
     cur->wait = Wait::done;
 }
 
-#ifdef GPUCNN_HOSTEMU_BANKS
+#ifdef GPUCNN_HOSTEMU_HOOKS
 // ---- Shared-memory wavefronts ---------------------------------------------------------------------
 //
-// Every access of a thread to shared memory (a __shared__ array: the library's writable segment, less
-// this header's own state) is recorded with its address, its width and its site (the code address of
+// Every access of a thread to shared memory (one of the library's __shared__ arrays) is recorded with its
+// address, its width and its site (the code address of
 // the access: one per SASS-like instruction, unrolled copies apart). The n-th execution of a site by
 // each lane of a warp is one warp-wide request, as on a GPU where the warp issues it once. A request
 // costs the wavefronts the hardware needs to serve it (one wavefront a clock an SM, 128 bytes), by
@@ -154,41 +230,12 @@ struct Site {
 };
 
 inline bool recording = false;
-inline bool busy = false;        // inside record/settle: the hooks the standard containers call are ignored
 inline unsigned max_blocks = 0;  // run only the first blocks of a grid (0: all)
-inline uintptr_t seg_lo = 0, seg_hi = 0;
 inline std::map<std::tuple<unsigned, uintptr_t, unsigned>, Request> requests;  // (warp, site, n-th)
 inline std::map<uintptr_t, Site> sites;                                         // by site offset
 
-inline int find_segment(dl_phdr_info* info, size_t, void* self) {
-    for (int i = 0; i < info->dlpi_phnum; ++i) {
-        const ElfW(Phdr)& ph = info->dlpi_phdr[i];
-        const uintptr_t lo = info->dlpi_addr + ph.p_vaddr, hi = lo + ph.p_memsz;
-        if (ph.p_type == PT_LOAD && uintptr_t(self) >= info->dlpi_addr && (ph.p_flags & PF_W) &&
-            uintptr_t(&seg_lo) >= lo && uintptr_t(&seg_lo) < hi) {
-            seg_lo = lo;
-            seg_hi = hi;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-// This header's own variables live in the same segment: kernel code reads some (threadIdx, blockIdx...).
-__attribute__((no_sanitize_thread)) inline bool internal(uintptr_t a) {
-    auto in = [a](const void* p, size_t n) { return a >= uintptr_t(p) && a < uintptr_t(p) + n; };
-    return in(&sched, sizeof sched) || in(&cur, sizeof cur) || in(&block_idx, sizeof block_idx) ||
-           in(&block_dim, sizeof block_dim) || in(&grid_dim, sizeof grid_dim) || in(&error, sizeof error) ||
-           in(&exchange, sizeof exchange) || in(&body, sizeof body) || in(&body_arg, sizeof body_arg) ||
-           in(&recording, sizeof recording) || in(&busy, sizeof busy) || in(&max_blocks, sizeof max_blocks) ||
-           in(&seg_lo, sizeof seg_lo) || in(&seg_hi, sizeof seg_hi) ||
-           in(&requests, sizeof requests) || in(&sites, sizeof sites);
-}
-
-__attribute__((no_sanitize_thread)) inline void record(uintptr_t site, const void* p, unsigned width, unsigned kind) {
-    const uintptr_t a = uintptr_t(p);
-    if (!recording || busy || cur == nullptr || a < seg_lo || a >= seg_hi || internal(a)) return;
-    busy = true;
+inline void record(uintptr_t site, uintptr_t a, unsigned width, unsigned kind) {
+    HOSTEMU_RUNTIME;
     Dl_info info;
     const uintptr_t base = dladdr(reinterpret_cast<void*>(site), &info) ? uintptr_t(info.dli_fbase) : 0;
     const uintptr_t key = site - base;
@@ -197,11 +244,10 @@ __attribute__((no_sanitize_thread)) inline void record(uintptr_t site, const voi
     r.mask |= 1u << cur->lane;
     r.width = width;
     r.kind = kind;
-    busy = false;
 }
 
 // (wavefronts, ideal) of one request, by the rules above.
-__attribute__((no_sanitize_thread)) inline std::pair<unsigned, unsigned> cost(const Request& r) {
+inline std::pair<unsigned, unsigned> cost(const Request& r) {
     const unsigned w = r.width < 4 ? 4 : r.width, words = w / 4;
     unsigned group = w <= 4 ? 32 : 128 / w;
     if (w > 4) {
@@ -238,8 +284,8 @@ __attribute__((no_sanitize_thread)) inline std::pair<unsigned, unsigned> cost(co
 }
 
 // The block's requests priced and added to their sites (at the end of every block).
-__attribute__((no_sanitize_thread)) inline void settle() {
-    busy = true;
+inline void settle() {
+    HOSTEMU_RUNTIME;
     for (auto& [key, r] : requests) {
         const auto [wavefronts, ideal] = cost(r);
         Site& s = sites[std::get<1>(key)];
@@ -251,29 +297,72 @@ __attribute__((no_sanitize_thread)) inline void settle() {
         s.lanes += unsigned(__builtin_popcount(r.mask));
     }
     requests.clear();
-    busy = false;
 }
 
+// A 16-byte shared access recorded as one (common.cuh's lds128), done without the hooks.
 template <int N>
-__attribute__((noinline, no_sanitize_thread)) void load(const float* p, float* out) {
-    record(uintptr_t(__builtin_return_address(0)), p, 4 * N, LOAD);
-    memcpy(out, p, 4 * N);
-}
-template <int N>
-__attribute__((noinline, no_sanitize_thread)) void store(float* p, const float* v) {
-    record(uintptr_t(__builtin_return_address(0)), p, 4 * N, STORE);
-    memcpy(p, v, 4 * N);
-}
+__attribute__((noinline)) void load(const float* p, float* out);
 }  // namespace banks
 
+// ---- Global accesses against the live allocations ------------------------------------------------
+namespace check {
+inline bool on = false;
+inline std::vector<std::pair<uintptr_t, uintptr_t>> allocations;  // [lo, hi), sorted
+inline uintptr_t seg_lo = 0, seg_hi = 0;   // the library's writable segment: its __shared__ arrays, our state
+inline uintptr_t fibers_lo = 0, fibers_hi = 0, job_lo = 0, job_hi = 0;  // the threads' records, the arguments
+
+inline int find_segment(dl_phdr_info* info, size_t, void*) {
+    for (int i = 0; i < info->dlpi_phnum; ++i) {
+        const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+        const uintptr_t lo = info->dlpi_addr + ph.p_vaddr, hi = lo + ph.p_memsz;
+        if (ph.p_type == PT_LOAD && (ph.p_flags & PF_W) && uintptr_t(&seg_lo) >= lo && uintptr_t(&seg_lo) < hi) {
+            seg_lo = lo;
+            seg_hi = hi;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+inline bool allowed(uintptr_t a, unsigned width) {
+    const uintptr_t z = a + width - 1;
+    auto within = [a, z](uintptr_t lo, uintptr_t hi) { return a >= lo && z < hi; };
+    if (within(seg_lo, seg_hi) || within(fibers_lo, fibers_hi) || within(job_lo, job_hi)) return true;
+    if (within(uintptr_t(cur->stack), uintptr_t(cur->stack) + kStack + kPage)) return true;
+    auto it = std::upper_bound(allocations.begin(), allocations.end(), std::make_pair(a, ~uintptr_t(0)));
+    return it != allocations.begin() && z < std::prev(it)->second;
+}
+}  // namespace check
+
+// Every access of kernel code: -fsanitize=thread calls these hooks (its runtime is not linked).
+__attribute__((no_sanitize_thread)) inline void access(uintptr_t site, const void* p, unsigned width, unsigned kind) {
+    if (!in_kernel) return;
+    in_kernel = false;  // the containers below are instrumented too: their accesses are not the kernel's
+    const uintptr_t a = uintptr_t(p);
+    const bool shared = in_ranges(shared_ranges, a);
+    if (shared && banks::recording) banks::record(site, a, width, kind);
+    if (!shared && check::on && !check::allowed(a, width)) {  // fail() does not return (in_kernel stays false)
+        char msg[160];
+        snprintf(msg, sizeof msg, "a global %s of %u bytes at %#lx is outside every live allocation",
+                 kind ? "write" : "read", width, (unsigned long)a);
+        fail(msg);
+    }
+    in_kernel = true;
+}
+
+template <int N>
+__attribute__((noinline, no_sanitize_thread)) void banks::load(const float* p, float* out) {
+    access(uintptr_t(__builtin_return_address(0)), p, 4 * N, LOAD);
+    memcpy(out, p, 4 * N);
+}
+
 extern "C" {
-// The hooks -fsanitize=thread calls (its runtime is not linked: these are the whole of it).
-#define GPUCNN_HOOK(access, kind, n)                                                                         \
-    __attribute__((no_sanitize_thread)) void __tsan_##access##n(void* p) {                                   \
-        banks::record(uintptr_t(__builtin_return_address(0)), p, n, banks::kind);                            \
-    }                                                                                                        \
-    __attribute__((no_sanitize_thread)) void __tsan_unaligned_##access##n(void* p) {                         \
-        banks::record(uintptr_t(__builtin_return_address(0)), p, n, banks::kind);                            \
+#define GPUCNN_HOOK(name, kind, n)                                                                            \
+    __attribute__((no_sanitize_thread)) void __tsan_##name##n(void* p) {                                      \
+        access(uintptr_t(__builtin_return_address(0)), p, n, banks::kind);                                    \
+    }                                                                                                         \
+    __attribute__((no_sanitize_thread)) void __tsan_unaligned_##name##n(void* p) {                            \
+        access(uintptr_t(__builtin_return_address(0)), p, n, banks::kind);                                    \
     }
 GPUCNN_HOOK(read, LOAD, 1) GPUCNN_HOOK(read, LOAD, 2) GPUCNN_HOOK(read, LOAD, 4) GPUCNN_HOOK(read, LOAD, 8)
 GPUCNN_HOOK(read, LOAD, 16) GPUCNN_HOOK(write, STORE, 1) GPUCNN_HOOK(write, STORE, 2) GPUCNN_HOOK(write, STORE, 4)
@@ -291,7 +380,6 @@ __attribute__((no_sanitize_thread)) void __tsan_vptr_read(void*) {}
 // then read the sites: their count, and each one's offset in the library, width, kind (banks::Kind),
 // requests, wavefronts, ideal wavefronts and active lanes.
 __attribute__((no_sanitize_thread)) void gpucnn_banks_begin(unsigned blocks) {
-    if (!banks::seg_hi) dl_iterate_phdr(banks::find_segment, reinterpret_cast<void*>(&gpucnn_banks_begin));
     banks::sites.clear();
     banks::requests.clear();
     banks::max_blocks = blocks;
@@ -308,31 +396,58 @@ __attribute__((no_sanitize_thread)) void gpucnn_banks_site(int i, unsigned long 
     const unsigned long long row[] = {it->first, s.width, s.kind, s.requests, s.wavefronts, s.ideal, s.lanes};
     memcpy(out, row, sizeof row);
 }
+
+// Check the global accesses of the launches that follow against these allocations ([address, bytes)
+// pairs, n of them; every live device array), until gpucnn_check_end.
+__attribute__((no_sanitize_thread)) void gpucnn_check_begin(const unsigned long long* pairs, int n) {
+    if (!check::seg_hi) dl_iterate_phdr(check::find_segment, nullptr);
+    check::allocations.clear();
+    for (int i = 0; i < n; ++i) check::allocations.push_back({uintptr_t(pairs[2 * i]), uintptr_t(pairs[2 * i] + pairs[2 * i + 1])});
+    std::sort(check::allocations.begin(), check::allocations.end());
+    check::on = true;
+}
+__attribute__((no_sanitize_thread)) void gpucnn_check_end() { check::on = false; }
 }
 #endif
 
-// cp.async of n (1 or 4) floats, zero-filled when !valid (src-size 0: the source is not read).
-#ifdef GPUCNN_HOSTEMU_BANKS
-__attribute__((noinline))
+extern "C" {
+// The library's __shared__ arrays, as (offset in the library, bytes) pairs (hostemu.py reads its symbol table).
+__attribute__((visibility("default"))) void gpucnn_shared_ranges(const unsigned long long* pairs, int n) {
+    Dl_info info;
+    const uintptr_t base = dladdr(reinterpret_cast<void*>(&gpucnn_shared_ranges), &info) ? uintptr_t(info.dli_fbase) : 0;
+    shared_ranges.clear();
+    for (int i = 0; i < n; ++i)
+        shared_ranges.push_back({base + uintptr_t(pairs[2 * i]), base + uintptr_t(pairs[2 * i] + pairs[2 * i + 1])});
+    std::sort(shared_ranges.begin(), shared_ranges.end());
+}
+}
+
+// cp.async of n (1 or 4) floats, zero-filled when !valid (src-size 0: the source is not read). Where
+// hooked, the destination counts as a shared store and the source is checked as a global read.
+#ifdef GPUCNN_HOSTEMU_HOOKS
+__attribute__((noinline, no_sanitize_thread))
 #endif
 inline void cp_async(float* dst, const float* src, int n, bool valid) {
-#ifdef GPUCNN_HOSTEMU_BANKS
-    banks::record(uintptr_t(__builtin_return_address(0)), dst, 4 * unsigned(n), banks::CP_ASYNC);
+#ifdef GPUCNN_HOSTEMU_HOOKS
+    const uintptr_t site = uintptr_t(__builtin_return_address(0));
+    access(site, dst, 4 * unsigned(n), banks::CP_ASYNC);
+    if (valid) access(site, src, 4 * unsigned(n), banks::LOAD);
 #endif
+    HOSTEMU_RUNTIME;
     if (n == 4 && (reinterpret_cast<uintptr_t>(dst) % 16 || (valid && reinterpret_cast<uintptr_t>(src) % 16)))
         fail("misaligned 16-byte cp.async (shared or global address not a multiple of 16)");
     Pending p{dst, {0.f, 0.f, 0.f, 0.f}, n};
     if (valid)
         for (int i = 0; i < n; ++i) p.v[i] = src[i];
-    cur->pending.push_back(p);
+    if (shuffled() && (random_bits() & 3) == 0)
+        land(p);  // it may land at once
+    else
+        cur->pending.push_back(p);
 }
 
-#ifdef GPUCNN_HOSTEMU_BANKS
-__attribute__((no_sanitize_thread))  // the copies land: the shared writes were counted at the issue
-#endif
 inline void cp_async_wait_all() {
-    for (const Pending& p : cur->pending)
-        for (int i = 0; i < p.n; ++i) p.dst[i] = p.v[i];
+    HOSTEMU_RUNTIME;
+    for (const Pending& p : cur->pending) land(p);
     cur->pending.clear();
 }
 
@@ -355,7 +470,10 @@ struct Job {
 // "reverse", or "shuffle" (a fresh random order at every barrier, seeded by GPUCNN_HOSTEMU_SEED).
 // A kernel whose result depends on it reads shared or global memory that another thread of its
 // block writes without a barrier between them: a race that would make it wrong on a GPU.
-inline uint64_t order_state = 0;
+template <class T>
+void shuffle_in_place(std::vector<T>& v) {  // Fisher-Yates
+    for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[random_bits() % i]);
+}
 inline void next_order(std::vector<unsigned>& order, unsigned n) {
     const char* mode = getenv("GPUCNN_HOSTEMU_ORDER");
     order.resize(n);
@@ -365,16 +483,7 @@ inline void next_order(std::vector<unsigned>& order, unsigned n) {
         for (unsigned i = 0; i < n; ++i) order[i] = n - 1 - i;
         return;
     }
-    if (order_state == 0) {
-        const char* seed = getenv("GPUCNN_HOSTEMU_SEED");
-        order_state = (seed ? strtoull(seed, nullptr, 10) : 1) * 0x9E3779B97F4A7C15ull + 1;
-    }
-    for (unsigned i = n; i > 1; --i) {  // Fisher-Yates with xorshift64
-        order_state ^= order_state << 13;
-        order_state ^= order_state >> 7;
-        order_state ^= order_state << 17;
-        std::swap(order[i - 1], order[order_state % i]);
-    }
+    shuffle_in_place(order);
 }
 
 // Runs every block of the grid; returns 0, or 1 with `err` filled.
@@ -382,81 +491,96 @@ inline int schedule(std::vector<Fiber>& fibers, const unsigned* grid, const unsi
     const unsigned n = unsigned(fibers.size());
     std::vector<unsigned> order;
     const unsigned nwarps = (n + 31) / 32;
-#ifdef GPUCNN_HOSTEMU_BANKS
-    unsigned blocks_run = 0;
+    const uint64_t blocks = uint64_t(grid[0]) * grid[1] * grid[2];
+    std::vector<uint64_t> block_order;  // shuffled: the blocks in a random order (as a GPU may run them)
+#ifdef GPUCNN_HOSTEMU_HOOKS
+    const bool counting = banks::recording && banks::max_blocks;  // the first blocks only, in order
+#else
+    const bool counting = false;
 #endif
-    for (unsigned bz = 0; bz < grid[2]; ++bz)
-        for (unsigned by = 0; by < grid[1]; ++by)
-            for (unsigned bx = 0; bx < grid[0]; ++bx) {
-#ifdef GPUCNN_HOSTEMU_BANKS
-                if (banks::recording && banks::max_blocks && blocks_run++ == banks::max_blocks) return 0;
+    if (shuffled() && !counting) {
+        block_order.resize(blocks);
+        for (uint64_t b = 0; b < blocks; ++b) block_order[b] = b;
+        shuffle_in_place(block_order);
+    }
+    for (uint64_t b0 = 0; b0 < blocks; ++b0) {
+#ifdef GPUCNN_HOSTEMU_HOOKS
+        if (counting && b0 == banks::max_blocks) return 0;
 #endif
-                block_idx = {bx, by, bz};
-                for (unsigned i = 0; i < n; ++i) {
-                    Fiber& f = fibers[i];
-                    f.tid = {i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
-                    f.lane = i % 32;
-                    f.warp = i / 32;
-                    f.wait = Wait::running;
-#ifdef GPUCNN_HOSTEMU_BANKS
-                    f.seen.clear();
+        const uint64_t b = block_order.empty() ? b0 : block_order[b0];
+        block_idx = {unsigned(b % grid[0]), unsigned(b / grid[0] % grid[1]), unsigned(b / grid[0] / grid[1])};
+        poison_shared();
+        for (unsigned i = 0; i < n; ++i) {
+            Fiber& f = fibers[i];
+            f.tid = {i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
+            f.lane = i % 32;
+            f.warp = i / 32;
+            f.wait = Wait::running;
+#ifdef GPUCNN_HOSTEMU_HOOKS
+            f.seen.clear();
 #endif
-                    getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = f.stack + kPage;
-                    f.ctx.uc_stack.ss_size = kStack;
-                    f.ctx.uc_link = &sched;
-                    makecontext(&f.ctx, trampoline, 0);
+            getcontext(&f.ctx);
+            f.ctx.uc_stack.ss_sp = f.stack + kPage;
+            f.ctx.uc_stack.ss_size = kStack;
+            f.ctx.uc_link = &sched;
+            makecontext(&f.ctx, trampoline, 0);
+        }
+        for (;;) {
+            next_order(order, n);
+            for (unsigned j = 0; j < n; ++j) {
+                const unsigned i = order[j];
+                if (fibers[i].wait != Wait::running) continue;
+                cur = &fibers[i];
+#ifdef GPUCNN_HOSTEMU_HOOKS
+                in_kernel = true;
+                swapcontext(&sched, &cur->ctx);
+                in_kernel = false;
+#else
+                swapcontext(&sched, &cur->ctx);
+#endif
+                if (!error.empty()) return 1;
+            }
+            // Everyone is parked. Release warps whose live lanes all wait at a warp barrier.
+            bool released = false;
+            for (unsigned w = 0; w < nwarps; ++w) {
+                unsigned lo = w * 32, hi = std::min(n, lo + 32), waiting = 0, done = 0;
+                for (unsigned i = lo; i < hi; ++i) {
+                    waiting += fibers[i].wait == Wait::warp;
+                    done += fibers[i].wait == Wait::done;
                 }
-                for (;;) {
-                    next_order(order, n);
-                    for (unsigned j = 0; j < n; ++j) {
-                        const unsigned i = order[j];
-                        if (fibers[i].wait != Wait::running) continue;
-                        cur = &fibers[i];
-                        swapcontext(&sched, &cur->ctx);
-                        if (!error.empty()) return 1;
+                if (waiting && waiting + done == hi - lo) {
+                    if (done) {
+                        error = "a lane exited while the rest of its warp waits at a warp-wide operation";
+                        return 1;
                     }
-                    // Everyone is parked. Release warps whose live lanes all wait at a warp barrier.
-                    bool released = false;
-                    for (unsigned w = 0; w < nwarps; ++w) {
-                        unsigned lo = w * 32, hi = std::min(n, lo + 32), waiting = 0, done = 0;
-                        for (unsigned i = lo; i < hi; ++i) {
-                            waiting += fibers[i].wait == Wait::warp;
-                            done += fibers[i].wait == Wait::done;
-                        }
-                        if (waiting && waiting + done == hi - lo) {
-                            if (done) {
-                                error = "a lane exited while the rest of its warp waits at a warp-wide operation";
-                                return 1;
-                            }
-                            for (unsigned i = lo; i < hi; ++i) fibers[i].wait = Wait::running;
-                            released = true;
-                        }
-                    }
-                    if (released) continue;
-                    unsigned at_block = 0, done = 0;
-                    for (auto& f : fibers) {
-                        at_block += f.wait == Wait::block;
-                        done += f.wait == Wait::done;
-                    }
-                    if (done == n) {
-#ifdef GPUCNN_HOSTEMU_BANKS
-                        banks::settle();
-#endif
-                        break;
-                    }
-                    if (at_block + done == n) {
-                        if (done) {
-                            error = "__syncthreads(): some threads of the block exited while others wait at it";
-                            return 1;
-                        }
-                        for (auto& f : fibers) f.wait = Wait::running;
-                        continue;
-                    }
-                    error = "deadlock: threads wait at __syncthreads() while lanes of their warps wait at a warp-wide operation";
-                    return 1;
+                    for (unsigned i = lo; i < hi; ++i) fibers[i].wait = Wait::running;
+                    released = true;
                 }
             }
+            if (released) continue;
+            unsigned at_block = 0, done = 0;
+            for (auto& f : fibers) {
+                at_block += f.wait == Wait::block;
+                done += f.wait == Wait::done;
+            }
+            if (done == n) {
+#ifdef GPUCNN_HOSTEMU_HOOKS
+                banks::settle();
+#endif
+                break;
+            }
+            if (at_block + done == n) {
+                if (done) {
+                    error = "__syncthreads(): some threads of the block exited while others wait at it";
+                    return 1;
+                }
+                for (auto& f : fibers) f.wait = Wait::running;
+                continue;
+            }
+            error = "deadlock: threads wait at __syncthreads() while lanes of their warps wait at a warp-wide operation";
+            return 1;
+        }
+    }
     return 0;
 }
 
@@ -497,6 +621,10 @@ int launch(void (*kernel)(A...), const unsigned* grid, const unsigned* block, vo
         mprotect(p, kPage, PROT_NONE);
         f.stack = static_cast<char*>(p);
     }
+#ifdef GPUCNN_HOSTEMU_HOOKS
+    check::fibers_lo = uintptr_t(fibers.data()), check::fibers_hi = uintptr_t(fibers.data() + n);
+    check::job_lo = uintptr_t(&job), check::job_hi = uintptr_t(&job + 1);
+#endif
     const int rc = schedule(fibers, grid, block);
     for (auto& f : fibers) munmap(f.stack, kStack + kPage);
     cur = nullptr;
@@ -529,6 +657,7 @@ namespace hostemu {
 template <class T>
 T shuffle(unsigned mask, T v, unsigned src, const char* what) {
     static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
+    HOSTEMU_RUNTIME;
     full_mask(mask, what);
     uint64_t* mine = slot(cur->warp, cur->lane);
     memcpy(mine, &v, sizeof(T));
@@ -605,6 +734,7 @@ namespace hostemu {
 // layout (g = lane / 4, t = lane % 4): a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);
 // b0 (k=t, n=g), b1 (k=t+4, n=g); d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1).
 inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    HOSTEMU_RUNTIME;
     uint64_t* mine = slot(cur->warp, cur->lane);
     for (int i = 0; i < 4; ++i) mine[i] = a[i];
     for (int i = 0; i < 2; ++i) mine[4 + i] = b[i];

@@ -28,7 +28,8 @@ if not _gpu_present():
 
 def pytest_sessionstart(session):
     """Start the nvcc builds of kernels/*.cu that the static-model and compile tests read (gpucnn.perf.sass.build:
-    sm_90 then sm_80, the biggest files first) on a background thread, one nvcc at a time: they take minutes
+    sm_90 then sm_80, the biggest files first), then the emulator's instrumented builds (hostemu.build), on a
+    background thread, one compiler at a time: they take minutes
     of one core, and the tests that come first (the op tests in the simulator and the emulator) leave the
     second core of a CI machine mostly idle. A test that needs a build waits for it (sass.build locks per
     build) or finds it cached. GPUCNN_TEST_PREBUILD=0 turns it off."""
@@ -50,6 +51,12 @@ def pytest_sessionstart(session):
                     sass.build(rt.module_source(family), rt.kernels_dir(), model.family_names(family), arch)
                 except Exception:  # the test that builds it reports the error
                     pass
+        from gpucnn.backends.cupy import hostemu
+        for family in families:  # the emulator's instrumented builds (wavefront counter, allocation check)
+            try:
+                hostemu.build(rt.kernels_dir() / f"{family}.cu", model.family_names(family), instrumented=True)
+            except Exception:
+                pass
 
     import threading
     threading.Thread(target=prebuild, name="gpucnn-prebuild", daemon=True).start()

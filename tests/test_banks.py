@@ -1,4 +1,4 @@
-"""The shared-memory wavefront counter (kernels/hostemu.h's GPUCNN_HOSTEMU_BANKS, gpucnn.perf.banks): planted
+"""The shared-memory wavefront counter (kernels/hostemu.h's GPUCNN_HOSTEMU_HOOKS, gpucnn.perf.banks): planted
 kernels with known costs, and the counts of the real GEMM kernels that an outside read predicted.
 
 Each planted kernel is one warp making one shared access whose cost the hardware's rules fix: conflict-free,
@@ -59,7 +59,7 @@ def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("banks")
     shutil.copy(kernels_dir() / "common.cuh", root / "common.cuh")
     (root / "planted.cu").write_text(_source())
-    return hostemu.Module(root / "planted.cu", [f"planted_{n}" for n in PLANTED], counting=True)
+    return hostemu.Module(root / "planted.cu", [f"planted_{n}" for n in PLANTED], instrumented=True)
 
 
 @pytest.mark.parametrize("name", list(PLANTED))

@@ -3,7 +3,7 @@ shared pipe): ``gpucnn kernels`` prices each launch's shared-memory traffic with
 
 For each kernel instance a step launches that has static shared memory, the first recorded launch runs
 again, with its own arguments (the recorded step's arrays), through the emulator's counting build
-(``hostemu.Module(..., counting=True)``: kernels/hostemu.h's GPUCNN_HOSTEMU_BANKS), for its first CTA only.
+(``hostemu.Module(..., instrumented=True)``: kernels/hostemu.h's GPUCNN_HOSTEMU_HOOKS), for its first CTA only.
 Every shared access of the CTA's warps is recorded with its 32 lanes' addresses and its width, and priced
 in wavefronts by the rules hostemu.h writes down (32 banks of 4 bytes, broadcast, 128-byte groups of lanes,
 the LDS.128 pairing rule). A GEMM's CTA runs twice, walking 2 and then 4 K steps (its `per` argument set
@@ -91,7 +91,7 @@ def _module(family: str):
     from ..backends.cupy import hostemu
     from .model import family_names
     if family not in _MODULES:
-        _MODULES[family] = hostemu.Module(rt.kernels_dir() / f"{family}.cu", family_names(family), counting=True)
+        _MODULES[family] = hostemu.Module(rt.kernels_dir() / f"{family}.cu", family_names(family), instrumented=True)
     return _MODULES[family]
 
 
@@ -102,7 +102,7 @@ def _key(launch: Launch) -> str:
     for p in hostemu._sources(rt.kernels_dir() / f"{launch.family}.cu"):
         h.update(p.read_bytes())
     ints = [int(a) for a in launch.args if isinstance(a, (np.integer, int))]
-    h.update(json.dumps([launch.kernel, launch.block, ints, STEPS, " ".join(hostemu.Module.COUNTING)]).encode())
+    h.update(json.dumps([launch.kernel, launch.block, ints, STEPS, " ".join(hostemu.INSTRUMENTED)]).encode())
     return h.hexdigest()[:24]
 
 

@@ -74,9 +74,11 @@ def module_source(family: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _module(family: str, names: tuple[str, ...]):
+def _module(family: str, names: tuple[str, ...], checked: bool = False):
+    """The compiled kernels of a family; emulated with `checked` (GPUCNN_HOSTEMU_CHECK=1): the instrumented build,
+    whose launches check every global access against the live allocations (slower; tests run it on a subset)."""
     if EMULATED:  # hostemu keys its cache by the bytes of the file and of every header itself
-        return hostemu.Module(kernels_dir() / f"{family}.cu", list(names))
+        return hostemu.Module(kernels_dir() / f"{family}.cu", list(names), instrumented=checked)
     return xp.RawModule(code=module_source(family), options=OPTIONS + (f"-I{kernels_dir()}",),  # pragma: no cover
                         name_expressions=list(names))
 
@@ -97,7 +99,8 @@ class Family:
             raise ValueError(f"{name}: invalid grid {grid}")
         if not 1 <= int(np.prod(block)) <= 1024:
             raise ValueError(f"{name}: invalid block {block}")
-        function = _module(self.family, self.names).get_function(name)
+        checked = EMULATED and os.environ.get("GPUCNN_HOSTEMU_CHECK") == "1"
+        function = _module(self.family, self.names, checked).get_function(name)
         if EMULATED:  # device arrays to the memory behind them; a host array is refused, as CuPy refuses it
             args = tuple(_emulated_arg(name, i, a) for i, a in enumerate(args))
             xp.run_or_record(lambda: function(grid, block, args))  # recorded, not run, inside a capture

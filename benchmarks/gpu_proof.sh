@@ -9,6 +9,10 @@
 #   bash benchmarks/gpu_proof.sh bench      # gpucnn bench at batch 128 and 256, FP32 and TF32, whole steps
 #   bash benchmarks/gpu_proof.sh train      # cifar10_vgg on CIFAR-shaped data and digits_cnn, per GPU backend
 #                                           # (benchmarks/gpu_proof_train.py)
+#   bash benchmarks/gpu_proof.sh profile    # Nsight Compute on one cifar10_vgg step (cupy, batch 128, FP32 and
+#                                           # TF32: durations, issue slots, shared wavefronts and bank conflicts,
+#                                           # occupancy, clock, stall reasons), then `gpucnn kernels --compare`:
+#                                           # the static model beside each measured launch, worst ratio first
 #   bash benchmarks/gpu_proof.sh dry        # CPU, no GPU: every stage's imports, paths and command lines,
 #                                           # Numba's CUDA simulator and gpucnn's CuPy emulator standing in
 #                                           # for the device, at tiny sizes (tests/test_gpu_proof.py runs it)
@@ -28,10 +32,10 @@
 # runner is not there, so the notebook tests are left out).
 set -uo pipefail
 
-usage="usage: bash benchmarks/gpu_proof.sh tests|sanitize|bench|train|dry [tests|sanitize|bench|train ...]"
+usage="usage: bash benchmarks/gpu_proof.sh tests|sanitize|bench|train|profile|dry [tests|sanitize|bench|train|profile ...]"
 stage=${1:-}
 case $stage in
-tests | sanitize | bench | train | dry) ;;
+tests | sanitize | bench | train | profile | dry) ;;
 *) echo "$usage" >&2; exit 2 ;;
 esac
 shift
@@ -40,10 +44,10 @@ if [ "$stage" != dry ] && [ "${#stages[@]}" -ne 0 ]; then
     echo "$usage" >&2
     exit 2
 fi
-[ "${#stages[@]}" -ne 0 ] || stages=(tests sanitize bench train)
+[ "${#stages[@]}" -ne 0 ] || stages=(tests sanitize bench train profile)
 for s in "${stages[@]}"; do
     case $s in
-    tests | sanitize | bench | train) ;;
+    tests | sanitize | bench | train | profile) ;;
     *) echo "$usage" >&2; exit 2 ;;
     esac
 done
@@ -411,6 +415,49 @@ stage_train() {
     else
         run_train
     fi
+}
+
+# The metrics the compare reads (gpucnn/perf/compare.py's METRICS), and the stall reasons' section.
+NCU_METRICS=gpu__time_duration.sum,sm__inst_issued.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,sm__warps_active.avg.pct_of_peak_sustained_active,sm__cycles_elapsed.avg.per_second
+
+stage_profile() {
+    local mode flag log gpu name
+    if [ "$stage" = dry ]; then
+        # the profiled program on the emulator, then the compare on a planted profile made from the model itself
+        log=$out/profile.txt
+        "$py" benchmarks/gpu_proof_profile.py --model mnist_cnn --batch 2 --expect simulated >"$log" 2>&1 ||
+            { fail "profile: benchmarks/gpu_proof_profile.py failed (log: $log)"; tail -n 5 "$log"; return; }
+        "$py" -m gpucnn.perf.compare --plant "$out/ncu_planted.csv" --model mnist_cnn --batch 16 >>"$log" 2>&1 ||
+            { fail "profile: could not plant a profile (log: $log)"; tail -n 5 "$log"; return; }
+        "$py" -m gpucnn kernels --model mnist_cnn --batch 16 --compare "$out/ncu_planted.csv" >"$out/compare.txt" 2>&1 ||
+            { fail "profile: gpucnn kernels --compare failed (log: $out/compare.txt)"; tail -n 5 "$out/compare.txt"; return; }
+        if grep -q " launches matched" "$out/compare.txt" && ! grep -q "^unmatched" "$out/compare.txt"; then
+            say "profile: the step ran on the emulator; --compare matched every launch of a planted profile"
+        else
+            fail "profile: --compare did not match the planted profile (log: $out/compare.txt)"
+        fi
+        return
+    fi
+    command -v ncu >/dev/null 2>&1 || { fail "profile: ncu (Nsight Compute) not found"; return; }
+    name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+    case $name in
+    *H200*) gpu=h200 ;; *A100*) gpu=a100 ;; *) gpu=h100 ;;
+    esac
+    for mode in fp32 tf32; do
+        flag=()
+        [ "$mode" = tf32 ] && flag=(--tf32)
+        log=$out/ncu_$mode.log
+        # the clocks as the card runs them (METHOD.md: leave them alone), the step between cudaProfilerStart/Stop
+        ncu --profile-from-start off --clock-control none --metrics "$NCU_METRICS" --section WarpStateStats \
+            -f -o "$out/step_$mode" "$py" benchmarks/gpu_proof_profile.py "${flag[@]}" >"$log" 2>&1 ||
+            { fail "profile: ncu ($mode) exited with $? (log: $log)"; tail -n 8 "$log"; continue; }
+        ncu --import "$out/step_$mode.ncu-rep" --csv --page raw --print-units base >"$out/ncu_$mode.csv" 2>>"$log" ||
+            { fail "profile: ncu --import ($mode) failed (log: $log)"; continue; }
+        "$py" -m gpucnn kernels --gpu "$gpu" "${flag[@]}" --compare "$out/ncu_$mode.csv" >"$out/compare_$mode.txt" 2>&1 ||
+            { fail "profile: gpucnn kernels --compare ($mode) failed (log: $out/compare_$mode.txt)"; continue; }
+        head -n 12 "$out/compare_$mode.txt"
+        grep -E "^(matched|unmatched)" "$out/compare_$mode.txt"
+    done
 }
 
 # ------------------------------------------------------------------------------------------- run

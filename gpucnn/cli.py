@@ -348,6 +348,11 @@ def cmd_kernels(args) -> int:
     _require(why is None, why or "")
     _require(args.batch >= 1, f"--batch must be at least 1, got {args.batch}")
     rows, gpu = perf.run(args.model, args.batch, args.gpu, tf32=args.tf32, backend=args.backend, graph=args.graph)
+    if args.compare:
+        from .perf import compare
+        measured = compare.read_ncu(args.compare)
+        print(compare.format_compare(compare.match(rows, measured), gpu))
+        return 0
     print(perf.format_report(rows, gpu, args.model, args.batch, args.tf32, args.backend, args.graph))
     return 0
 
@@ -454,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--tf32", action="store_true", help="GEMMs on TF32 tensor cores (gpucnn.config.allow_tf32)")
     k.add_argument("--graph", action="store_true", help="the step's launches as the kernel nodes of a replayed CUDA "
                                                         "graph (as fit runs it) instead of eager launches")
+    k.add_argument("--compare", metavar="NCU_CSV", help="put each launch's model beside Nsight Compute's measurement "
+                                                        "of the same step (ncu --csv --page raw; gpu_proof.sh profile)")
     k.set_defaults(func=cmd_kernels)
     return p
 

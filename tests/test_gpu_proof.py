@@ -54,13 +54,15 @@ def test_dry_run_passes_every_stage(tmp_path):
         "tiny_cifar cupy (simulated) cuda_graph=True",
         "tiny_digits numba (simulated)",
         "gpu_proof: train: ok",
+        "profile: the step ran on the emulator; --compare matched every launch of a planted profile",
+        "gpu_proof: profile: ok",
         "gpu_proof: dry: all ok",
     ]:
         assert marker in out, f"{marker!r} not in the output:\n{out[-6000:]}"
     assert "FAILED" not in out
     dry = tmp_path / "dry"
     for name in ("device.txt", "install.txt", "pytest.txt", "cupy-memcheck.txt", "numba-memcheck.txt", "fp32.txt",
-                 "tf32.txt", "train.txt"):
+                 "tf32.txt", "train.txt", "ncu_planted.csv", "compare.txt"):
         assert (dry / name).is_file(), name
     assert list((dry / "numpy").glob("*.json"))
 

@@ -308,3 +308,44 @@ def test_no_launch_is_faster_than_its_busiest_scheduler(model, tf32):
         assert clocks >= r.scheduler_warps * r.warp_instructions * (1 - 1e-9), (r.launch.kernel, r.launch.grid)
         assert r.predicted_us >= gpu.launch_eager_us
         assert r.predicted_us >= (r.shared_us or 0.0)
+
+
+@needs_tools
+def test_compare_reads_an_ncu_profile_and_pairs_every_launch(tmp_path):
+    """gpucnn kernels --compare on a planted profile (the model's own launches, durations x known factors, ncu's
+    raw-CSV format): every launch paired in order with its factor as the ratio; a launch missing from the
+    profile is named, not shifted onto its neighbour; microsecond units read as such."""
+    import csv
+
+    from gpucnn.perf import compare
+    rows, gpu = perf.run("mnist_cnn", 16, "h200")
+    path = tmp_path / "ncu.csv"
+    compare.plant(rows, path)
+    pairs = compare.match(rows, compare.read_ncu(path))
+    assert len(pairs) == len(rows) and all(p.row is rows[i] for i, p in enumerate(pairs))
+    assert [p.ratio for p in pairs] == pytest.approx([compare.FACTORS[i % 4] for i in range(len(rows))], rel=1e-3)
+    text = compare.format_compare(pairs, gpu)
+    assert f"{len(rows)} launches matched" in text and "unmatched" not in text
+    # drop the 6th launch and give the durations in microseconds
+    lines = list(csv.reader(path.open()))
+    lines[1][lines[0].index("gpu__time_duration.sum")] = "usecond"
+    body = [ln for i, ln in enumerate(lines[2:]) if i != 5]
+    for ln in body:
+        col = lines[0].index("gpu__time_duration.sum")
+        ln[col] = str(float(ln[col].replace(",", "")) / 1e3)
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(lines[:2] + body)
+    pairs = compare.match(rows, compare.read_ncu(path))
+    missing = [p for p in pairs if p.measured is None]
+    assert [p.row for p in missing] == [rows[5]]
+    kept = [p for p in pairs if p.measured is not None]
+    assert all(p.ratio == pytest.approx(compare.FACTORS[rows.index(p.row) % 4], rel=1e-3) for p in kept)
+    assert f"unmatched (in the model, not the profile): {rows[5].launch.kernel}" in compare.format_compare(pairs, gpu)
+
+
+def test_compare_refuses_a_file_that_is_not_an_ncu_raw_csv(tmp_path):
+    from gpucnn.perf import compare
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not an ncu raw CSV"):
+        compare.read_ncu(path)

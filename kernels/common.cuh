@@ -31,10 +31,10 @@ typedef unsigned long long uint64_t;
         if (const int r = int(r##_u); true)
 
 // A 16-byte shared-memory load (LDS.128): on a device the plain float4 load. The emulator's wavefront
-// counter (hostemu.h, GPUCNN_HOSTEMU_BANKS) records it as one 16-byte access of its warp, where the host
+// counter (hostemu.h, GPUCNN_HOSTEMU_HOOKS) records it as one 16-byte access of its warp, where the host
 // compiler would split a float4 into four 4-byte loads. Every 16-byte shared access goes through it.
 __device__ __forceinline__ float4 lds128(const float* p) {
-#ifdef GPUCNN_HOSTEMU_BANKS
+#ifdef GPUCNN_HOSTEMU_HOOKS
     float4 v;
     hostemu::banks::load<4>(p, &v.x);
     return v;

@@ -343,6 +343,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 def batch_norm_backward(dy, x, weight, save_mean, save_invstd, training=True):
     """(dx, dweight, dbias) of batch_norm; dweight/dbias are None when weight is None."""
+    for name, a in (("save_mean", save_mean), ("save_invstd", save_invstd)):
+        if a is None:
+            raise TypeError(f"batch_norm_backward needs {name}, the array batch_norm returned, got None")
     _check_bn(x, save_mean, save_invstd, weight, None)
     shapes.check_grad_output(dy, "dy", tuple(x.shape), x)
     return dispatch("batch_norm_backward", dy, x, weight, save_mean, save_invstd, bool(training))

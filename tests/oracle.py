@@ -126,7 +126,7 @@ def max_pool2d(x, kernel, stride=None):
         for c in range(c_):
             for p, u in enumerate(rows):
                 for q, v in enumerate(cols):
-                    best, best_at = -math.inf, None
+                    best, best_at = x[n, c, u, v], u * w_ + v  # the first element (an all -inf window's)
                     for i in range(kh):
                         for j in range(kw):
                             v_ = x[n, c, u + i, v + j]

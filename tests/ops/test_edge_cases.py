@@ -344,3 +344,45 @@ def test_batch_norm_negative_running_variance_is_nan(be):
     y, _, invstd = be.run("batch_norm", x, np.zeros(2, F32), np.array([-1, 1], F32), training=False)
     y, invstd = be.host(y), be.host(invstd)
     assert np.isnan(invstd[0]) and np.isnan(y[:, 0]).all() and np.isfinite(y[:, 1]).all()
+
+
+# --------------------------------------------------------------------------- found by the project's own fuzz
+
+@pytest.mark.parametrize("be", on(*BACKENDS))
+def test_batch_norm_backward_needs_its_saved_statistics(be, no_dispatch):
+    """save_mean / save_invstd of None went through the check: a segfault on cupy, an IndexError in a numba
+    kernel, an AttributeError in NumPy."""
+    x = r(2, 3)
+    for saved in ((None, np.ones(3, F32)), (np.ones(3, F32), None)):
+        with pytest.raises(TypeError, match="batch_norm_backward needs save_(mean|invstd), the array batch_norm"):
+            be.run("batch_norm_backward", x, x, np.ones(3, F32), *saved)
+
+
+@pytest.mark.parametrize("be", on(*BACKENDS))
+def test_empty_arrays_with_huge_scales(be):
+    """An empty upsample with a scale of 2^40 is empty (NumPy built a (h, sh, w, sw) view NumPy cannot hold);
+    an empty output whose nonzero dimensions span more than an array can address is refused, not crashed on."""
+    assert be.host(be.run("upsample_nearest2d", np.zeros((1, 2, 0, 3), F32), 2**40)).shape == (1, 2, 0, 3 * 2**40)
+    assert be.host(be.run("upsample_nearest2d_backward", np.zeros((1, 1, 0, 0), F32), 2**40)).shape == (1, 1, 0, 0)
+    with pytest.raises(ValueError, match="whose nonzero dimensions span"):
+        be.run("upsample_nearest2d", np.zeros((0, 1, 1, 4), F32), (2**40, 2**40))
+    with pytest.raises(ValueError, match="whose nonzero dimensions span"):
+        be.run("conv2d", np.zeros((1, 2, 5, 3), F32), np.zeros((0, 2, 2, 2), F32), None, 1, 2**30)
+
+
+# (dy, x, w, stride, padding) -> the definition's (PyTorch CPU's) dx or dw, where an infinity or NaN meets
+# the padding or a strided gap: the NumPy backend's correlation and padded-width tricks multiplied zeros by them
+NONFINITE_BACKWARD = [
+    ("dx", [[[[0.5]]]], np.zeros((1, 1, 2, 1)), [[[[np.nan], [1]]]], 1, 0, [np.nan, 0.5]),
+    ("dx", np.ones((1, 1, 1, 2)), np.zeros((1, 1, 1, 3)), [[[[np.inf, 1]]]], 1, 0, [np.inf, np.inf, 1]),
+    ("dx", np.ones((1, 1, 1, 2)), np.zeros((1, 1, 1, 3)), [[[[np.inf]]]], 2, 0, [np.inf, 0, np.inf]),
+    ("dw", np.ones((1, 1, 1, 1)), [[[[np.inf]]]], np.zeros((1, 1, 1, 3)), 1, (0, 1), [0, np.inf, 0]),
+    ("dw", [[[[np.inf]]]], [[[[1.0]]]], np.zeros((1, 1, 1, 3)), 1, (0, 1), [np.nan, np.inf, np.nan]),
+]
+
+
+@pytest.mark.parametrize("which,dy,x,w,stride,padding,want", NONFINITE_BACKWARD)
+def test_numpy_conv_backward_with_infinities_follows_the_definition(which, dy, x, w, stride, padding, want):
+    dy, x, w = (np.asarray(a, np.float64) for a in (dy, x, w))
+    dx, dw, _ = F.conv2d_backward(dy, x, w, stride, padding)
+    np.testing.assert_array_equal((dx if which == "dx" else dw).ravel(), np.array(want, np.float64))

@@ -65,18 +65,20 @@ def _planes(x, pads, extra_rows=0, name="planes"):
     return buf
 
 
-def _row_width(planes, stride, q):
-    """Columns computed per output row: the padded width for stride-1 rows (extras dropped later), else Q."""
-    return planes.shape[3] if stride[1] == 1 else q
+def _row_width(planes, stride, q, exact=False):
+    """Columns computed per output row: the padded width for stride-1 rows (extras dropped later), else Q.
+    exact: Q always (the weight gradient of an input holding inf or NaN: an extra column's zero gradient
+    times an infinity would be NaN)."""
+    return planes.shape[3] if stride[1] == 1 and not exact else q
 
 
-def _columns(planes, r, s, stride, p, q, buf):
+def _columns(planes, r, s, stride, p, q, buf, exact=False):
     """im2col into `buf`: cols[(c,i,j), (n,u,v)] = planes[c, n, u*sh + i, v*sw + j], shape (C*R*S, n*P*Qs)."""
     c, n, hb, wp = planes.shape
     sh, sw = stride
-    qs = _row_width(planes, stride, q)
+    qs = _row_width(planes, stride, q, exact)
     cols = buf[: c * r * s * n * p * qs].reshape(c, r, s, n, p, qs)
-    if sw == 1:  # needs sh spare rows at the bottom of each plane (see _planes' extra_rows)
+    if sw == 1 and not exact:  # needs sh spare rows at the bottom of each plane (see _planes' extra_rows)
         flat = planes.reshape(c, n, hb * wp)
         for i in range(r):
             for j in range(s):
@@ -89,17 +91,17 @@ def _columns(planes, r, s, stride, p, q, buf):
     return cols.reshape(c * r * s, n * p * qs)
 
 
-def _column_chunks(planes, w, stride, p, q):
+def _column_chunks(planes, w, stride, p, q, exact=False):
     """im2col of the batch in chunks of about _CHUNK_BYTES, one buffer reused for all of them
     (fresh memory would page-fault on every chunk): yields (n0, n1, cols (C*R*S, (n1-n0)*P*Qs))."""
     c, n = planes.shape[:2]
     r, s = w.shape[2:]
-    per_sample = w[0].size * p * _row_width(planes, stride, q)
+    per_sample = w[0].size * p * _row_width(planes, stride, q, exact)
     step = max(1, min(n, _CHUNK_BYTES // (per_sample * planes.itemsize)))
     buf = _scratch("columns", (per_sample * step,), planes.dtype)
     for n0 in range(0, n, step):
         n1 = min(n, n0 + step)
-        yield n0, n1, _columns(planes[:, n0:n1], r, s, stride, p, q, buf)
+        yield n0, n1, _columns(planes[:, n0:n1], r, s, stride, p, q, buf, exact)
 
 
 def _correlate(planes, w, stride, p, q):
@@ -194,24 +196,45 @@ def conv2d_relu(x, w, b, stride, pads, out_shape):
 
 
 def _weight_grad(dy, x, w, stride, pads):
-    """dW (K, C*R*S) = dy (K, N*P*Q) @ cols(x)^T, accumulated over batch chunks."""
+    """dW (K, C*R*S) = dy (K, N*P*Q) @ cols(x)^T, accumulated over batch chunks. An x holding inf or NaN takes
+    exact columns (no padded-width extras whose zero gradient would multiply it into NaN), so dw is the
+    definition's sum, padding's zeros included (as PyTorch's)."""
     k = w.shape[0]
     _, _, p, q = dy.shape
+    exact = not np.isfinite(x).all()
     planes = _planes(x, pads, stride[0])
-    qs = _row_width(planes, stride, q)
+    qs = _row_width(planes, stride, q, exact)
     dw = np.zeros((k, w[0].size), dy.dtype)
     dy_wide = _scratch("dy_wide", (k, dy.shape[0], p, qs), dy.dtype)
     dy_wide[..., q:] = 0  # the dropped padded-width columns
     dy_wide[..., :q] = dy.transpose(1, 0, 2, 3)
-    for n0, n1, cols in _column_chunks(planes, w, stride, p, q):
+    for n0, n1, cols in _column_chunks(planes, w, stride, p, q, exact):
         dw += dy_wide[:, n0:n1].reshape(k, -1) @ cols.T
     return dw.reshape(w.shape)
+
+
+def _data_grad_exact(dy, x_shape, w, stride, pads):
+    """dx by its definition, for filters holding inf or NaN: each tap's dy x w product added where the tap
+    lands (col2im), so no structural zero (padding, a gap between strided windows) meets the filters."""
+    n, c, h, wd = x_shape
+    k, _, r, s = w.shape
+    _, _, p, q = dy.shape
+    (sh, sw), (t, _, l, _) = stride, pads
+    cols = (w.reshape(k, -1).T @ dy.transpose(1, 0, 2, 3).reshape(k, -1)).reshape(c, r, s, n, p, q)
+    padded = np.zeros((c, n, h + pads[0] + pads[1], wd + pads[2] + pads[3]), dy.dtype)
+    for i in range(r):
+        for j in range(s):
+            padded[:, :, i: i + sh * (p - 1) + 1: sh, j: j + sw * (q - 1) + 1: sw] += cols[:, i, j]
+    return np.ascontiguousarray(padded[:, :, t: t + h, l: l + wd].transpose(1, 0, 2, 3))
 
 
 def _data_grad(dy, x_shape, w, stride, pads):
     """dx: dy scattered onto the window starts of the padded input (zeros between them for
     stride > 1), then a full correlation with the flipped, channel-transposed kernel; the
-    padding is cropped away by where that correlation starts."""
+    padding is cropped away by where that correlation starts. Filters holding inf or NaN take
+    _data_grad_exact instead (the correlation would multiply them by the padding's zeros)."""
+    if not np.isfinite(w).all():
+        return _data_grad_exact(dy, x_shape, w, stride, pads)
     n, c, h, wd = x_shape
     k, _, r, s = w.shape
     _, _, p, q = dy.shape

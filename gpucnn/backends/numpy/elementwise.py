@@ -27,6 +27,8 @@ def relu_backward(dy, x):
 def upsample_nearest2d(x, scale):
     n, c, h, w = x.shape
     sh, sw = scale
+    if x.size == 0:  # (no (h, sh, w, sw) view: its dimensions could span more than an array can)
+        return np.empty((n, c, h * sh, w * sw), x.dtype)
     out = np.empty((n, c, h, sh, w, sw), x.dtype)
     out[...] = x[:, :, :, None, :, None]
     return out.reshape(n, c, h * sh, w * sw)
@@ -36,6 +38,8 @@ def upsample_nearest2d(x, scale):
 def upsample_nearest2d_backward(dy, scale):
     n, c, hh, ww = dy.shape
     sh, sw = scale
+    if dy.size == 0:
+        return np.zeros((n, c, hh // sh, ww // sw), dy.dtype)
     return dy.reshape(n, c, hh // sh, sh, ww // sw, sw).sum(axis=(3, 5))
 
 

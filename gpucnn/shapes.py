@@ -31,14 +31,14 @@ def check_size(op: str, what: str, shape, dtype, max_elements: int | None = None
     message, not an allocation failure."""
     shape = tuple(int(s) for s in shape)
     n = math.prod(shape)
+    if max_elements is not None and n > max_elements:
+        raise ValueError(f"{op}: {what} would have shape {shape}, {n:,} elements; the {backend} backend's kernels "
+                         f"index with 32-bit integers, so an array holds at most {max_elements:,} elements")
     # an empty shape too: no array can have dimensions whose nonzero ones span more bytes than MAX_BYTES
     spanned = math.prod(s for s in shape if s) * np.dtype(dtype).itemsize
     if spanned > MAX_BYTES:
         raise ValueError(f"{op}: {what} would have shape {shape}, whose nonzero dimensions span {spanned:,} bytes, "
                          f"more than an array can hold ({MAX_BYTES:,} bytes)")
-    if max_elements is not None and n > max_elements:
-        raise ValueError(f"{op}: {what} would have shape {shape}, {n:,} elements; the {backend} backend's kernels "
-                         f"index with 32-bit integers, so an array holds at most {max_elements:,} elements")
     nbytes = n * np.dtype(dtype).itemsize
     if nbytes > MAX_BYTES:
         raise ValueError(f"{op}: {what} would have shape {shape}, {n:,} elements ({nbytes:,} bytes), more than "

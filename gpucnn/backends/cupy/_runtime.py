@@ -171,6 +171,29 @@ def empty(shape, dtype=np.float32):
     return out
 
 
+class ErrorRecord:
+    """A small int array kernels write the first bad input they meet into (a label out of range, a max-pool index
+    outside its window), never read by a launcher: persistent (allocated once, so a captured step can hold its
+    address) and reset by a device-side copy of `empty`, its value when nothing was met."""
+
+    def __init__(self, empty):
+        self.empty = np.asarray(empty, np.int32)
+        self._arrays = None
+
+    def array(self):
+        if self._arrays is None:
+            self._arrays = (persistent_empty(self.empty.shape, np.int32), xp.asarray(self.empty))
+            self._arrays[0][...] = self._arrays[1]
+        return self._arrays[0]
+
+    def read(self, reset: bool) -> list[int]:
+        """The record's values (one device-to-host read); reset: then cleared."""
+        values = [int(v) for v in self.array().get()]
+        if reset:
+            self._arrays[0][...] = self._arrays[1]
+        return values
+
+
 def zeros(shape, dtype=np.float32):
     """A zeroed array that outlives a step (optimizer state): never from the step arena."""
     out = persistent_empty(shape, dtype)

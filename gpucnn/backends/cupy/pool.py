@@ -73,7 +73,7 @@ def max_pool2d_backward(dy, x, kernel, stride, indices):
     if dx.size:
         geometry = _geometry(x.shape, dy.shape, kernel, stride)
         planes, _, _, p, q, kh, kw, sh, sw = (int(v) for v in geometry)
-        args = (dy, indices, dx, _index_record(), *geometry)
+        args = (dy, indices, dx, _INDICES.array(), *geometry)
         if sh >= kh and sw >= kw:  # no element in two windows: one thread per window writes its cell of dx
             K.launch(f"max_pool_bwd_disjoint<{rt.c_type(indices.dtype)}>", *_disjoint_grid(planes, p, q), args)
         else:
@@ -82,28 +82,14 @@ def max_pool2d_backward(dy, x, kernel, stride, indices):
 
 
 # kernels/pool.cu's POOL_ERR_*: the first bad index's output position (-1: none), the index
-_NO_ERROR = np.array([-1, 0], np.int32)
-_ERR = []
-
-
-def _index_record():
-    """The device's record of max-pool indices outside their window (persistent: allocated once, reset by
-    the host with a device-side copy, so a captured step can hold its address)."""
-    if not _ERR:
-        _ERR.append(rt.persistent_empty((len(_NO_ERROR),), np.int32))
-        _ERR.append(rt.xp.asarray(_NO_ERROR))  # the reset value, on the device
-        _ERR[0][...] = _ERR[1]
-    return _ERR[0]
+_INDICES = rt.ErrorRecord([-1, 0])
 
 
 @register("index_errors", B)
 def index_errors(reset=True):
     """None, or (output position, index) of the first max-pool index outside its window since the last
     reset. One device-to-host read."""
-    err = _index_record()
-    at, index = (int(v) for v in err.get())
-    if reset:
-        err[...] = _ERR[1]
+    at, index = _INDICES.read(reset)
     return None if at < 0 else (at, index)
 
 

@@ -70,7 +70,7 @@ def softmax_cross_entropy(logits, labels):
         loss.fill(np.nan)
         return loss, dlogits
     row_loss = rt.empty((n,))
-    err = _error_record()
+    err = _LABELS.array()
     K.launch(f"softmax_xent<{rt.c_type(labels.dtype)}>", *rt.grid_1d(n * WARP),
              (logits, labels, dlogits, row_loss, err, rt.i32(n), rt.i32(c), rt.f32(n)))
     K.launch("xent_mean", (1,), (rt.THREADS,), (row_loss, loss, err, rt.i32(n), rt.f32(n)))
@@ -78,28 +78,14 @@ def softmax_cross_entropy(logits, labels):
 
 
 # kernels/softmax.cu's XENT_ERR_*: first bad launch (-1 none), its row, its label, its classes, launches
-_NO_ERROR = np.array([-1, 0, 0, 0, 0], np.int32)
-_ERR = []
-
-
-def _error_record():
-    """The device's label-error record (persistent: allocated once, reset by the host with a device-side
-    copy, so a captured step can hold its address)."""
-    if not _ERR:
-        _ERR.append(rt.persistent_empty((len(_NO_ERROR),), np.int32))
-        _ERR.append(rt.xp.asarray(_NO_ERROR))  # the reset value, on the device
-        _ERR[0][...] = _ERR[1]
-    return _ERR[0]
+_LABELS = rt.ErrorRecord([-1, 0, 0, 0, 0])
 
 
 @register("label_errors", B)
 def label_errors(reset=True):
     """None, or (launch, row, label, classes) of the first label out of range the loss kernels met since the
     last reset (launch: loss launches counted from that reset, 0-based). One device-to-host read."""
-    err = _error_record()
-    launch, row, label, classes, _ = (int(v) for v in err.get())
-    if reset:
-        err[...] = _ERR[1]
+    launch, row, label, classes, _ = _LABELS.read(reset)
     return None if launch < 0 else (launch, row, label, classes)
 
 

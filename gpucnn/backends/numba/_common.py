@@ -84,6 +84,28 @@ def zeros(shape, dtype):
     return out
 
 
+class ErrorRecord:
+    """A small int array kernels write the first bad input they meet into (a label out of range, a max-pool index
+    outside its window), never read by a launcher: allocated once on the device, reset by a device copy of
+    `empty`, its value when nothing was met."""
+
+    def __init__(self, empty):
+        self.empty = np.asarray(empty)
+        self._arrays = None
+
+    def array(self):
+        if self._arrays is None:
+            self._arrays = (cuda.to_device(self.empty), cuda.to_device(self.empty))
+        return self._arrays[0]
+
+    def read(self, reset: bool) -> list[int]:
+        """The record's values (one device-to-host read); reset: then cleared."""
+        values = [int(v) for v in self.array().copy_to_host()]
+        if reset:
+            self._arrays[0].copy_to_device(self._arrays[1])
+        return values
+
+
 def grid_1d(n: int, threads: int = THREADS_1D) -> tuple[int, int]:
     """(blocks, threads) for n elements with a grid-stride loop."""
     return max(1, min(MAX_BLOCKS_1D, math.ceil(n / threads))), threads

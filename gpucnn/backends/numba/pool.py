@@ -76,7 +76,7 @@ def max_pool_bwd(dy, idx, dx, err, kh, kw, sh, sw):
     Windows containing row h: oh from ceil((h - kh + 1) / sh) (at least 0) to
     floor(h / sh) (at most P-1); columns likewise. Summed in row-major window order.
     The element at a window's corner (oh*sh, ow*sw) checks that window's index: one
-    outside the window reaches no element and goes into `err` (see _index_record).
+    outside the window reaches no element and goes into `err` (_INDICES).
     """
     planes, height, width = dx.shape
     ph, qw = dy.shape[1], dy.shape[2]
@@ -169,25 +169,13 @@ def max_pool2d(x, kernel, stride, out_shape):
 
 # The device's record of max-pool indices outside their window: err[0] the first one's output position,
 # flat over (planes, P, Q) (-1: none), err[1] the index
-_NO_ERROR = np.array([-1, 0], np.int64)
-_ERR = []
-
-
-def _index_record():
-    """The index-error record on the device, allocated once; the host resets it with a device copy."""
-    if not _ERR:
-        _ERR.append(cuda.to_device(_NO_ERROR))
-        _ERR.append(cuda.to_device(_NO_ERROR))  # the reset value
-    return _ERR[0]
+_INDICES = _common.ErrorRecord(np.array([-1, 0], np.int64))
 
 
 @register("index_errors", B)
 def index_errors(reset=True):
     """None, or (output position, index) of the first max-pool index outside its window since the last reset."""
-    err = _index_record()
-    at, index = (int(v) for v in err.copy_to_host())
-    if reset:
-        err.copy_to_device(_ERR[1])
+    at, index = _INDICES.read(reset)
     return None if at < 0 else (at, index)
 
 
@@ -201,7 +189,7 @@ def max_pool2d_backward(dy, x, kernel, stride, indices):
     dx = _common.empty(x.shape, x.dtype)
     if dx.size:
         xs, ys, args = _views(x.shape, dy.shape, kernel, stride)
-        max_pool_bwd[_common.grid_1d(dx.size)](dy.reshape(ys), indices.reshape(ys), dx.reshape(xs), _index_record(),
+        max_pool_bwd[_common.grid_1d(dx.size)](dy.reshape(ys), indices.reshape(ys), dx.reshape(xs), _INDICES.array(),
                                                *args)
     return dx
 

@@ -113,7 +113,7 @@ def softmax_backward(dy, y, dim):
 # The device's record of labels out of range (as kernels/softmax.cu's XENT_ERR_*): first bad launch
 # (-1 none), its row, its label, its classes, loss launches since the host last reset the record.
 _ERR_LAUNCH, _ERR_ROW, _ERR_LABEL, _ERR_CLASSES, _ERR_COUNT = range(5)
-_NO_ERROR = np.array([-1, 0, 0, 0, 0], np.int32)
+_LABELS = _common.ErrorRecord(np.array([-1, 0, 0, 0, 0], np.int32))
 
 
 @cuda.jit(cache=True)
@@ -156,24 +156,10 @@ def xent_count_launch(err):
     err[_ERR_COUNT] += 1
 
 
-_ERR = []
-
-
-def _error_record():
-    """The label-error record on the device, allocated once; the host resets it with a device copy."""
-    if not _ERR:
-        _ERR.append(cuda.to_device(_NO_ERROR))
-        _ERR.append(cuda.to_device(_NO_ERROR))  # the reset value
-    return _ERR[0]
-
-
 @register("label_errors", B)
 def label_errors(reset=True):
     """None, or (launch, row, label, classes) of the first label out of range since the last reset."""
-    err = _error_record()
-    launch, row, label, classes, _ = (int(v) for v in err.copy_to_host())
-    if reset:
-        err.copy_to_device(_ERR[1])
+    launch, row, label, classes, _ = _LABELS.read(reset)
     return None if launch < 0 else (launch, row, label, classes)
 
 
@@ -188,7 +174,7 @@ def softmax_cross_entropy(logits, labels):
         _common.fill_nan[1, 1](loss)
         return loss.reshape(()), dlogits
     one, nan, n_typed = _common.scalars(logits.dtype, 1, math.nan, n)
-    err = _error_record()
+    err = _LABELS.array()
     softmax_xent[_common.grid_1d(n, ROW_THREADS)](logits, labels, dlogits, row_loss, err, one, nan, n_typed)
     xent_count_launch[1, 1](err)
     loss = _common.column_sums(row_loss, divisor=n)  # shape (1,): the mean over the batch

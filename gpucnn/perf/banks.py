@@ -96,14 +96,14 @@ def _module(family: str):
 
 
 def _key(launch: Launch) -> str:
+    """The counted library's name (hostemu.build keys it by every source, header and flag), the instance, its
+    block and integer arguments."""
     from ..backends.cupy import _runtime as rt
     from ..backends.cupy import hostemu
-    h = hashlib.sha256()
-    for p in hostemu._sources(rt.kernels_dir() / f"{launch.family}.cu"):
-        h.update(p.read_bytes())
+    from .model import family_names
+    lib = hostemu.build(rt.kernels_dir() / f"{launch.family}.cu", family_names(launch.family), instrumented=True)
     ints = [int(a) for a in launch.args if isinstance(a, (np.integer, int))]
-    h.update(json.dumps([launch.kernel, launch.block, ints, STEPS, " ".join(hostemu.INSTRUMENTED)]).encode())
-    return h.hexdigest()[:24]
+    return hashlib.sha256(json.dumps([lib.name, launch.kernel, launch.block, ints, STEPS]).encode()).hexdigest()[:24]
 
 
 def _names(lib: Path, offsets: list[int]) -> list[str]:

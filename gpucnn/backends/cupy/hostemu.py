@@ -18,7 +18,7 @@ every launch the margins of each such array among the arguments are checked,
 so a kernel writing out of bounds fails loudly (a small memcheck).
 
 After loading a library, the emulator is told where its ``__shared__`` arrays are
-(the function-local statics of its symbol table, read with nm): it poisons them at
+(the function-local statics in .bss of its symbol table, read with objdump): it poisons them at
 every block's start, so a kernel reading shared memory before writing it sees NaN.
 
 ``Module(..., instrumented=True)`` builds the hooked variant (hostemu.h's
